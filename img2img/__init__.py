@@ -1,0 +1,21 @@
+"""img2img: plugin-based image-to-image translation (CycleGAN, pix2pix) from YAML pipelines."""
+from __future__ import annotations
+
+import pluggy
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("img2img")
+
+from img2img.errors import Img2ImgError, PipelineError  # noqa: E402
+from img2img.losses import AdversarialLoss  # noqa: E402
+
+__all__ = ["hookimpl", "AdversarialLoss", "Img2ImgError", "PipelineError", "Translator", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Translator":  # imported lazily: it pulls in the data and onnx stack
+        from img2img.translate import Translator
+
+        return Translator
+    raise AttributeError(name)

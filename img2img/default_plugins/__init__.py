@@ -1,0 +1,1 @@
+"""The networks and losses img2img ships, registered through the same hooks as any plugin."""

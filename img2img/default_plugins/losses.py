@@ -1,0 +1,142 @@
+"""Built-in losses: pairwise ``l1``, ``mse`` and the adversarial ``lsgan``, ``vanilla``, ``hinge``, ``wgan_gp``.
+
+Adversarial losses take raw discriminator logits of any shape and build their targets with the
+logits' dtype and device, so they work unchanged under autocast and on any accelerator.
+"""
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from img2img import AdversarialLoss, hookimpl
+
+
+class L1Loss(nn.Module):
+    """Mean absolute error: the cycle, identity and pix2pix reconstruction term."""
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(prediction, target)
+
+
+class MSELoss(nn.Module):
+    """Mean squared error."""
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(prediction, target)
+
+
+class LSGANLoss(AdversarialLoss):
+    """Least squares GAN (Mao et al. 2017), the CycleGAN default.
+
+    ``d_loss`` is halved, as the reference does, to slow D relative to G.
+    """
+
+    def __init__(self, real_label: float = 1.0, fake_label: float = 0.0):
+        super().__init__()
+        self.real_label = real_label
+        self.fake_label = fake_label
+
+    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        real = F.mse_loss(real_logits, torch.full_like(real_logits, self.real_label))
+        fake = F.mse_loss(fake_logits, torch.full_like(fake_logits, self.fake_label))
+        return 0.5 * (real + fake)
+
+    def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(fake_logits, torch.full_like(fake_logits, self.real_label))
+
+
+class VanillaGANLoss(AdversarialLoss):
+    """The original GAN's cross-entropy (Goodfellow et al. 2014), non-saturating for G; pix2pix's choice.
+
+    ``d_loss`` is halved, as the reference does.
+    """
+
+    def __init__(self, real_label: float = 1.0, fake_label: float = 0.0):
+        super().__init__()
+        self.real_label = real_label
+        self.fake_label = fake_label
+
+    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, self.real_label))
+        fake = F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, self.fake_label))
+        return 0.5 * (real + fake)
+
+    def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, self.real_label))
+
+
+class HingeGANLoss(AdversarialLoss):
+    """Hinge loss (Lim & Ye 2017; SAGAN): D stops pushing logits once they pass the +-1 margin."""
+
+    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+    def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return -fake_logits.mean()
+
+
+class WGANGPLoss(AdversarialLoss):
+    """Wasserstein loss with gradient penalty (Gulrajani et al. 2017).
+
+    `penalty` pushes the norm of D's input gradient towards 1 at random points between real and
+    fake samples, which keeps D approximately 1-Lipschitz without weight clipping.
+    """
+
+    def __init__(self, gp_weight: float = 10.0):
+        super().__init__()
+        self.gp_weight = gp_weight
+
+    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        return fake_logits.mean() - real_logits.mean()
+
+    def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return -fake_logits.mean()
+
+    def penalty(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        real = real.detach()
+        fake = fake.detach().to(real.dtype)
+        alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), dtype=real.dtype, device=real.device)
+        mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        logits = discriminator(mixed)
+        (grad,) = torch.autograd.grad(logits.sum(), mixed, create_graph=True)
+        # the epsilon keeps the square root differentiable where a gradient is exactly zero
+        norm = (grad.flatten(1).float().square().sum(dim=1) + 1e-12).sqrt()
+        return self.gp_weight * ((norm - 1.0) ** 2).mean()
+
+
+def lsgan(*, real_label: float = 1.0, fake_label: float = 0.0) -> AdversarialLoss:
+    """Least squares GAN loss (CycleGAN default)."""
+    return LSGANLoss(real_label, fake_label)
+
+
+def vanilla(*, real_label: float = 1.0, fake_label: float = 0.0) -> AdversarialLoss:
+    """Binary cross-entropy GAN loss on logits (original GAN, pix2pix paper)."""
+    return VanillaGANLoss(real_label, fake_label)
+
+
+def hinge() -> AdversarialLoss:
+    """Hinge GAN loss (SAGAN, BigGAN)."""
+    return HingeGANLoss()
+
+
+def wgan_gp(*, gp_weight: Annotated[float, Field(ge=0)] = 10.0) -> AdversarialLoss:
+    """Wasserstein GAN loss with gradient penalty on the discriminator."""
+    return WGANGPLoss(gp_weight)
+
+
+def l1() -> nn.Module:
+    """Mean absolute error (cycle, identity and pix2pix reconstruction)."""
+    return L1Loss()
+
+
+def mse() -> nn.Module:
+    """Mean squared error."""
+    return MSELoss()
+
+
+@hookimpl
+def register_losses(register):
+    for factory in (lsgan, vanilla, hinge, wgan_gp, l1, mse):
+        register(factory.__name__, factory)

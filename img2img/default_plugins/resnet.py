@@ -1,0 +1,126 @@
+"""ResNet generators (Johnson et al. 2016), the CycleGAN default: ``resnet_6blocks``, ``resnet_9blocks``.
+
+Same layers as the reference repository's ``ResnetGenerator``: reflection-padded 7x7 stem, two
+stride-2 downsamplings, residual blocks at 4x ngf channels, two 2x upsamplings, 7x7 head and tanh.
+Activations are not in-place so that `ResnetGenerator.features` returns what each layer produced.
+"""
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from img2img import hookimpl
+from img2img.default_plugins.layers import (DropoutP, Gain, Init, Norm, Padding, UpsampleMode, Width,
+                                            init_weights, norm_layer, uses_bias)
+
+N_DOWNSAMPLING = 2
+
+
+def _pad_conv3x3(in_ch: int, out_ch: int, padding: Padding, bias: bool) -> list[nn.Module]:
+    """A size-preserving 3x3 convolution with reflection or zero padding."""
+    if padding == "reflect":
+        return [nn.ReflectionPad2d(1), nn.Conv2d(in_ch, out_ch, 3, bias=bias)]
+    return [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)]
+
+
+class ResnetBlock(nn.Module):
+    """``x + conv-norm-relu-(dropout)-conv-norm(x)``."""
+
+    def __init__(self, channels: int, norm: Norm, dropout: float, padding: Padding):
+        super().__init__()
+        bias = uses_bias(norm)
+        layers = [*_pad_conv3x3(channels, channels, padding, bias), norm_layer(norm, channels), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [*_pad_conv3x3(channels, channels, padding, bias), norm_layer(norm, channels)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Encoder, residual blocks and decoder in one flat ``nn.Sequential`` (`model`).
+
+    Indices of `model`, as used by `features` (the CUT paper's layers 0, 4, 8, 12, 16):
+    0 reflection pad of the input; 1 stem 7x7 conv; 2 norm; 3 ReLU; 4 first stride-2 conv;
+    5 norm; 6 ReLU; 7 second stride-2 conv; 8 norm; 9 ReLU; 10 .. 9+n_blocks the residual blocks.
+    Later indices are the decoder and are not valid feature layers.
+    """
+
+    size_multiple: int = 2**N_DOWNSAMPLING
+
+    def __init__(self, in_channels: int, out_channels: int, *, n_blocks: int, ngf: int = 64,
+                 norm: Norm = "instance", dropout: float = 0.0, padding: Padding = "reflect",
+                 upsample: UpsampleMode = "transposed"):
+        super().__init__()
+        bias = uses_bias(norm)
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias),
+                                   norm_layer(norm, ngf), nn.ReLU()]
+        for i in range(N_DOWNSAMPLING):
+            ch = ngf * 2**i
+            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=bias), norm_layer(norm, ch * 2), nn.ReLU()]
+        ch = ngf * 2**N_DOWNSAMPLING
+        layers += [ResnetBlock(ch, norm, dropout, padding) for _ in range(n_blocks)]
+        self.encoder_layers = len(layers)
+        for _ in range(N_DOWNSAMPLING):
+            if upsample == "transposed":
+                layers.append(nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=bias))
+            else:  # nearest-neighbour resize then conv: no checkerboard artifacts (Odena et al. 2016)
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), *_pad_conv3x3(ch, ch // 2, padding, bias)]
+            layers += [norm_layer(norm, ch // 2), nn.ReLU()]
+            ch //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def features(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The outputs of `model[i]` for each ``i`` in `layers`, in that order; the decoder is not run."""
+        wanted = set(layers)
+        bad = sorted(i for i in wanted if not 0 <= i < self.encoder_layers)
+        if bad:
+            raise ValueError(f"feature layers {bad} are not encoder layers; valid: 0..{self.encoder_layers - 1}")
+        found: dict[int, torch.Tensor] = {}
+        h = x
+        for i in range(max(wanted, default=-1) + 1):
+            h = self.model[i](h)
+            if i in wanted:
+                found[i] = h
+        return [found[i] for i in layers]
+
+
+def _resnet(in_channels: int, out_channels: int, n_blocks: int, ngf: int, norm: Norm, dropout: float,
+            padding: Padding, upsample: UpsampleMode, init: Init, init_gain: float) -> ResnetGenerator:
+    net = ResnetGenerator(in_channels, out_channels, n_blocks=n_blocks, ngf=ngf, norm=norm, dropout=dropout,
+                          padding=padding, upsample=upsample)
+    return init_weights(net, init, init_gain)
+
+
+def resnet_9blocks(in_channels: int, out_channels: int, *, ngf: Width = 64, norm: Norm = "instance",
+                   dropout: DropoutP = 0.0, padding: Padding = "reflect", upsample: UpsampleMode = "transposed",
+                   init: Init = "normal", init_gain: Gain = 0.02) -> nn.Module:
+    """ResNet generator with 9 residual blocks (CycleGAN default, for 256 px images).
+
+    ``padding`` applies inside the residual blocks and resize-convs, as the reference's
+    ``padding_type``; ``init_gain`` is unused by ``kaiming``.
+    """
+    return _resnet(in_channels, out_channels, 9, ngf, norm, dropout, padding, upsample, init, init_gain)
+
+
+def resnet_6blocks(in_channels: int, out_channels: int, *, ngf: Width = 64, norm: Norm = "instance",
+                   dropout: DropoutP = 0.0, padding: Padding = "reflect", upsample: UpsampleMode = "transposed",
+                   init: Init = "normal", init_gain: Gain = 0.02) -> nn.Module:
+    """ResNet generator with 6 residual blocks (lighter, for 128 px images).
+
+    ``padding`` applies inside the residual blocks and resize-convs, as the reference's
+    ``padding_type``; ``init_gain`` is unused by ``kaiming``.
+    """
+    return _resnet(in_channels, out_channels, 6, ngf, norm, dropout, padding, upsample, init, init_gain)
+
+
+@hookimpl
+def register_generators(register):
+    register("resnet_9blocks", resnet_9blocks)
+    register("resnet_6blocks", resnet_6blocks)

@@ -1,0 +1,71 @@
+"""The img2img plugin contract: every hook a plugin can implement.
+
+A plugin is a module (or object) with functions decorated by ``@img2img.hookimpl`` whose names are
+the hooks below. It is found through the entry-point group ``img2img``::
+
+    [project.entry-points.img2img]
+    mything = "img2img_mything"
+
+Each ``register_<kind>s`` hook receives a ``register(name, factory)`` callback. A factory's
+*keyword* parameters, all type-annotated, are its YAML parameters: img2img builds a pydantic model
+from the signature, so ``{name: my_gen, width: 16}`` is validated before anything runs
+(``typing.Annotated[int, pydantic.Field(ge=1)]`` is honoured, unknown keys are rejected). The first
+line of the factory's docstring is shown by ``img2img components``.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("img2img")
+
+
+@hookspec
+def register_generators(register):
+    """Register generators: ``register("name", factory)``.
+
+    ``factory(in_channels: int, out_channels: int, **params) -> torch.nn.Module``. The module maps
+    NCHW float images in [-1, 1] to NCHW float images in [-1, 1] of the same height and width.
+    Optional attributes the engine uses when present:
+
+    - ``size_multiple: int`` -- height and width must be multiples of it (default 1); translate and
+      the ONNX graph pad to it and crop back.
+    - ``features(x, layers: Sequence[int]) -> list[Tensor]`` -- the activations after the given
+      encoder layers, for feature-level losses such as PatchNCE (the CUT task needs it).
+    """
+
+
+@hookspec
+def register_discriminators(register):
+    """Register discriminators: ``register("name", factory)``.
+
+    ``factory(in_channels: int, **params) -> torch.nn.Module`` returning raw logits (any shape:
+    a patch map or one value per image). Conditional tasks pass ``in_channels`` = input + output
+    channels.
+    """
+
+
+@hookspec
+def register_losses(register):
+    """Register losses: ``register("name", factory)``.
+
+    ``factory(**params) -> torch.nn.Module``. Either a pairwise loss whose
+    ``forward(prediction, target)`` returns a scalar (cycle, identity, reconstruction terms), or a
+    subclass of ``img2img.AdversarialLoss`` with ``d_loss(real_logits, fake_logits)``,
+    ``g_loss(fake_logits)`` and optionally ``penalty(discriminator, real, fake)``. In a pipeline
+    each loss also takes ``weight`` (handled by the task, not passed to the factory).
+    """
+
+
+@hookspec
+def register_tasks(register):
+    """Register training tasks: ``register("name", TaskClass)``.
+
+    ``TaskClass`` subclasses ``img2img.tasks.Task``: it names its pipeline model (``Pipeline``),
+    builds its networks from the registry, performs one optimisation step on a batch and names its
+    translators (``"a2b"``, ``"b2a"``). See ``img2img/tasks/base.py``.
+    """
+
+
+@hookspec
+def register_commands(app):
+    """Add commands to the ``img2img`` command line: ``app`` is the ``typer.Typer`` application."""

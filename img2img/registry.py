@@ -1,0 +1,254 @@
+"""Components by name: kind -> name -> factory plus the pydantic model of its parameters.
+
+A factory's keyword parameters, all type-annotated, are its YAML parameters. The registry is built
+from the plugin manager's ``register_<kind>s`` hooks, built-ins first; a later plugin cannot take a
+name that is already registered (the clash is recorded on that plugin and shown by
+``img2img plugins``).
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from img2img.errors import Img2ImgError
+
+KINDS = ("generator", "discriminator", "loss", "task")
+HOOKS = {
+    "generator": "register_generators",
+    "discriminator": "register_discriminators",
+    "loss": "register_losses",
+    "task": "register_tasks",
+}
+IO_PARAMS = {
+    "generator": ("in_channels", "out_channels"),
+    "discriminator": ("in_channels",),
+    "loss": (),
+    "task": (),
+}
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    params: type[BaseModel] | None  # None for tasks: their pipeline model is TaskClass.Pipeline
+    plugin: str
+    distribution: str | None
+    version: str | None
+    doc: str
+
+    def describe(self) -> dict:
+        """Parameters with types and defaults, for `img2img components`."""
+        params = []
+        if self.params is not None:
+            for pname, f in self.params.model_fields.items():
+                params.append({
+                    "name": pname,
+                    "type": _type_name(f.annotation),
+                    "default": None if f.is_required() else _jsonable(f.get_default(call_default_factory=True)),
+                    "required": f.is_required(),
+                    "constraints": [str(m) for m in f.metadata],
+                })
+        return {
+            "kind": self.kind, "name": self.name, "plugin": self.plugin,
+            "distribution": self.distribution, "version": self.version,
+            "doc": self.doc, "parameters": params,
+        }
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    return text or str(annotation).replace("typing.", "")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+class ParamsProblem(Exception):
+    """A factory whose signature cannot be turned into a parameter model."""
+
+
+def params_model(kind: str, name: str, factory: Callable[..., Any]) -> type[BaseModel]:
+    """A pydantic model (unknown keys forbidden) from the factory's annotated keyword parameters."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError) as exc:
+        raise ParamsProblem(f"{kind} '{name}': cannot read the factory's signature ({exc})") from exc
+    try:
+        hints = inspect.get_annotations(factory, eval_str=True)
+    except Exception as exc:
+        raise ParamsProblem(f"{kind} '{name}': cannot resolve the annotations ({exc})") from exc
+    fields: dict[str, Any] = {}
+    for pname, p in sig.parameters.items():
+        if pname in IO_PARAMS[kind] or pname == "self":
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise ParamsProblem(f"{kind} '{name}': *{pname} is not allowed; list each parameter with a type")
+        if p.kind is p.POSITIONAL_ONLY:
+            raise ParamsProblem(f"{kind} '{name}': parameter '{pname}' is positional-only; make it a keyword")
+        if pname not in hints:
+            raise ParamsProblem(
+                f"{kind} '{name}': parameter '{pname}' has no type annotation; annotate it "
+                f"(e.g. '{pname}: int = 8') so pipelines can be validated"
+            )
+        default = ... if p.default is p.empty else p.default
+        fields[pname] = (hints[pname], default)
+    missing_io = [io for io in IO_PARAMS[kind] if io not in sig.parameters]
+    if missing_io:
+        raise ParamsProblem(f"{kind} '{name}': the factory must accept {', '.join(IO_PARAMS[kind])}")
+    model_name = "".join(part.capitalize() for part in f"{kind}_{name}".replace("-", "_").split("_"))
+    return create_model(model_name, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._components: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
+        self.problems: list[tuple[str, str]] = []  # (plugin name, message)
+
+    def add(self, component: Component) -> None:
+        self._components[component.kind][component.name] = component
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._components[kind])
+
+    def all(self, kind: str | None = None) -> list[Component]:
+        kinds = [kind] if kind else list(KINDS)
+        return [self._components[k][n] for k in kinds for n in sorted(self._components[k])]
+
+    def has(self, kind: str, name: str) -> bool:
+        return name in self._components[kind]
+
+    def get(self, kind: str, name: str) -> Component:
+        try:
+            return self._components[kind][name]
+        except KeyError:
+            raise Img2ImgError(unknown_message(kind, name, self.names(kind))) from None
+
+    def validate(self, kind: str, name: str, params: Mapping[str, Any]) -> BaseModel:
+        component = self.get(kind, name)
+        assert component.params is not None
+        return component.params.model_validate(dict(params))
+
+    def build(self, kind: str, ref: Any, **io: Any) -> Any:
+        """Build a component from a name, a ``{name: ..., **params}`` mapping or a spec model.
+
+        ``io`` are the channel arguments (``in_channels``, ``out_channels``) the task supplies.
+        """
+        name, params = split_ref(ref)
+        component = self.get(kind, name)
+        if kind == "loss" and "weight" not in component.params.model_fields:
+            params.pop("weight", None)  # the task's weight, not the factory's
+        try:
+            validated = component.params.model_validate(params)
+        except ValidationError as exc:
+            details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise Img2ImgError(f"{kind} '{name}': invalid parameters: {details}") from None
+        values = {k: getattr(validated, k) for k in component.params.model_fields}
+        return component.factory(**io, **values)
+
+
+def split_ref(ref: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(ref, str):
+        return ref, {}
+    if isinstance(ref, BaseModel):
+        data = ref.model_dump()
+    else:
+        data = dict(ref)
+    name = data.pop("name")
+    return name, data
+
+
+def unknown_message(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown {kind} '{name}'; {hint}known: {', '.join(known) or 'none'} (see `img2img components {kind}`)"
+
+
+_cache: dict[tuple, Registry] = {}
+
+
+def get_registry() -> Registry:
+    """The registry for the plugins registered now (rebuilt when the plugin set changes)."""
+    from img2img import plugins
+
+    pm = plugins.get_plugin_manager()
+    key = tuple((name, id(p)) for name, p in pm.list_name_plugin())
+    if key not in _cache:
+        _cache.clear()
+        _cache[key] = _build_registry(pm)
+    return _cache[key]
+
+
+def _build_registry(pm) -> Registry:
+    from img2img import plugins
+
+    registry = Registry()
+    for info in plugins._infos.values():
+        info.components.clear()
+        info.errors[:] = [e for e in info.errors if not e.startswith("register:")]
+    for kind in KINDS:
+        hook = getattr(pm.hook, HOOKS[kind])
+        # get_hookimpls() is in registration order: built-ins first, then entry points.
+        for impl in hook.get_hookimpls():
+            plugin_name = impl.plugin_name
+            info = plugins.info_for(plugin_name)
+            if info is None:
+                info = plugins.PluginInfo(name=plugin_name, module=getattr(impl.plugin, "__name__", plugin_name),
+                                          hooks=plugins._hook_names(impl.plugin))
+                plugins._infos[plugin_name] = info
+
+            def register(name: str, factory: Callable[..., Any], *, _kind=kind, _info=info) -> None:
+                _register_one(registry, _kind, name, factory, _info)
+
+            try:
+                impl.function(register=register) if "register" in impl.argnames else impl.function()
+            except Exception as exc:
+                if plugins.strict():
+                    raise
+                info.errors.append(f"register: {HOOKS[kind]} raised {type(exc).__name__}: {exc}")
+    return registry
+
+
+def _register_one(registry: Registry, kind: str, name: str, factory: Callable[..., Any], info) -> None:
+    from img2img import plugins
+
+    def problem(message: str) -> None:
+        info.errors.append(f"register: {message}")
+        registry.problems.append((info.name, message))
+        if plugins.strict():
+            raise Img2ImgError(f"plugin '{info.name}': {message}")
+
+    if not isinstance(name, str) or not name:
+        return problem(f"{kind} name must be a non-empty string, got {name!r}")
+    if registry.has(kind, name):
+        existing = registry.get(kind, name)
+        return problem(f"{kind} '{name}' is already registered by {existing.plugin}"
+                       f"{' (built-in)' if existing.distribution == 'img2img-pipeline' else ''}; not replaced")
+    if kind == "task":
+        params = None
+        if not (inspect.isclass(factory) and hasattr(factory, "Pipeline")):
+            return problem(f"task '{name}' must be a class with a `Pipeline` model (see img2img.tasks.Task)")
+    else:
+        try:
+            params = params_model(kind, name, factory)
+        except ParamsProblem as exc:
+            return problem(str(exc))
+    doc = (inspect.getdoc(factory) or "").strip().splitlines()
+    registry.add(Component(kind=kind, name=name, factory=factory, params=params, plugin=info.name,
+                           distribution=info.distribution, version=info.version, doc=doc[0] if doc else ""))
+    info.components.append(f"{kind}:{name}")
+
+
+def build(kind: str, ref: Any, **io: Any) -> Any:
+    """Build a component of the current registry (see `Registry.build`)."""
+    return get_registry().build(kind, ref, **io)

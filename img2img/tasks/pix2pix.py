@@ -1,0 +1,96 @@
+"""pix2pix (Isola et al. 2017): paired A -> B with a conditional PatchGAN and an L1 term.
+
+Defaults are the reference recipe: U-Net-256 with batch norm and dropout 0.5, vanilla GAN loss,
+L1 weight 100, a discriminator that sees the input and output concatenated, no history pool.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from img2img import hookimpl
+from img2img.config import DiscriminatorSpec, GeneratorSpec, LossSpec, PipelineBase, StrictModel, TrainConfig
+from img2img.tasks.base import Task, set_requires_grad, unwrap
+
+
+class Pix2PixModel(StrictModel):
+    generator: GeneratorSpec = Field(default_factory=lambda: GeneratorSpec(name="unet_256"))
+    discriminator: DiscriminatorSpec = Field(
+        default_factory=lambda: DiscriminatorSpec(name="patchgan", norm="batch"))
+
+
+class Pix2PixLosses(StrictModel):
+    adversarial: LossSpec = Field(default_factory=lambda: LossSpec(name="vanilla"))
+    reconstruction: LossSpec = Field(default_factory=lambda: LossSpec(name="l1", weight=100.0))
+
+
+class Pix2PixTrain(TrainConfig):
+    pool_size: int = Field(0, ge=0)
+
+
+class Pix2PixPipeline(PipelineBase):
+    task: Literal["pix2pix"] = "pix2pix"
+    model: Pix2PixModel = Field(default_factory=Pix2PixModel)
+    losses: Pix2PixLosses = Field(default_factory=Pix2PixLosses)
+    train: Pix2PixTrain = Field(default_factory=Pix2PixTrain)
+
+
+class Pix2Pix(Task):
+    """Paired translation: g maps the input (data.a) to the target (data.b); d judges (input, output)."""
+
+    name = "pix2pix"
+    Pipeline = Pix2PixPipeline
+    data_kind = "paired"
+    directions = ("a2b",)
+
+    def build(self) -> None:
+        p = self.pipeline
+        ca, cb = p.data.channels.a, p.data.channels.b
+        self.nets["g"] = self.build_net("generator", p.model.generator, in_channels=ca, out_channels=cb)
+        self.nets["d"] = self.build_net("discriminator", p.model.discriminator, in_channels=ca + cb)
+        self.adversarial = self.build_loss(p.losses.adversarial)
+        self.reconstruction = self.build_loss(p.losses.reconstruction)
+        self.w_adv, self.w_rec = p.losses.adversarial.weight, p.losses.reconstruction.weight
+        self.optimizers["g"] = self.adam(self.nets["g"].parameters(), "g")
+        self.optimizers["d"] = self.adam(self.nets["d"].parameters(), "d")
+
+    def generator(self, direction: str) -> torch.nn.Module:
+        if direction != "a2b":
+            raise ValueError("pix2pix translates a2b only (input -> target)")
+        return unwrap(self.nets["g"])
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = self.to_device(batch)
+        a, b = batch["a"], batch["b"]
+        g, d = self.nets["g"], self.nets["d"]
+        with self.amp.autocast():
+            fake = g(a)
+            real_pair = torch.cat([a, b], 1)
+            fake_pair = torch.cat([a, fake.detach()], 1)
+            losses = {"d": self.adversarial.d_loss(d(real_pair), d(fake_pair))}
+            loss_d = losses["d"]
+            penalty = self.adversarial.penalty(d, real_pair, fake_pair)
+            if penalty is not None:
+                loss_d = loss_d + penalty
+        self.optimise(loss_d, self.optimizers["d"])
+        set_requires_grad([d], False)
+        with self.amp.autocast():
+            losses["g_adv"] = self.adversarial.g_loss(unwrap(d)(torch.cat([a, fake], 1))) * self.w_adv
+            losses["rec"] = self.reconstruction(fake, b) * self.w_rec
+            loss_g = losses["g_adv"] + losses["rec"]
+        self.optimise(loss_g, self.optimizers["g"])
+        set_requires_grad([d], True)
+        self.amp.update()
+        return {k: v.detach().float() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def sample_columns(self, batch, generators):
+        batch = self.to_device(batch)
+        return [batch["a"], generators["a2b"](batch["a"]), batch["b"]]
+
+
+@hookimpl
+def register_tasks(register):
+    register("pix2pix", Pix2Pix)

@@ -1,0 +1,511 @@
+"""Augmentation pipelines from YAML stage lists, on top of albumentations.
+
+This is the only module that imports albumentations, so the rest of img2img speaks plain YAML
+stages: a list of one-key mappings ``{TransformName: {kwargs}}`` (kwargs may be empty or null).
+Compositions (``OneOf``, ``SomeOf``, ``Sequential``, ...) take a nested stage list under
+``transforms``. Images reach these pipelines as float32 HWC arrays in [0, 1].
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import warnings
+from functools import lru_cache
+from typing import Any
+
+import albumentations as A
+import numpy as np
+from albumentations.core.composition import BaseCompose
+from albumentations.core.transforms_interface import BasicTransform, Transform3D
+
+__all__ = [
+    "build_transform",
+    "describe",
+    "min_input_size",
+    "output_size",
+    "reseed",
+    "transform_names",
+    "validate_stages",
+]
+
+Size = tuple[int, int]
+
+# Compositions a stage may use; their "transforms" argument is a nested stage list.
+COMPOSITIONS = ("OneOf", "SomeOf", "Sequential", "RandomOrder", "OneOrOther", "SelectiveChannelTransform")
+
+# Transforms that exist in albumentations but cannot work inside an img2img pipeline.
+UNSUPPORTED: dict[str, str] = {
+    "Normalize": "img2img scales images to [-1, 1] itself; remove this stage",
+    "ToTensorV2": "img2img converts images to tensors itself; remove this stage",
+    "ToTensor3D": "img2img converts images to tensors itself; remove this stage",
+    "FromFloat": "img2img works on float images in [0, 1]; remove this stage",
+    "ToFloat": "img2img already gives the transforms float images in [0, 1]; remove this stage",
+    "Lambda": "it needs Python functions, which a YAML pipeline cannot hold",
+    "Mosaic": "it needs extra images passed as metadata, which img2img does not provide",
+    "OverlayElements": "it needs overlay metadata, which img2img does not provide",
+    "TextImage": "it needs text metadata, which img2img does not provide",
+    "AtLeastOneBBoxRandomCrop": "it needs bounding boxes; use RandomCrop",
+    "BBoxSafeRandomCrop": "it needs bounding boxes; use RandomCrop",
+    "RandomCropNearBBox": "it needs bounding boxes; use RandomCrop",
+    "RandomSizedBBoxSafeCrop": "it needs bounding boxes; use RandomSizedCrop",
+    "CropNonEmptyMaskIfExists": "it needs a mask; use RandomCrop",
+    "MaskDropout": "it needs a mask",
+}
+
+# Transforms whose output size depends on the random draw, so no fixed size can be promised after them.
+_RANDOM_SIZE = {"RandomScale", "RandomCropFromBorders"}
+# Transforms that may swap height and width (size is kept only for square images).
+_MAY_SWAP = {"RandomRotate90", "D4", "SquareSymmetry"}
+
+
+@lru_cache(maxsize=1)
+def transform_names() -> dict[str, type]:
+    """Every transform and composition a stage may name, by class name."""
+    names: dict[str, type] = {}
+    for name in dir(A):
+        obj = getattr(A, name)
+        if not inspect.isclass(obj) or name.startswith("_"):
+            continue
+        if issubclass(obj, BasicTransform):
+            if inspect.isabstract(obj) or obj.__module__.endswith("transforms_interface"):
+                continue  # BasicTransform, DualTransform, ImageOnlyTransform, NoOp's bases
+            if issubclass(obj, Transform3D):
+                continue  # volumes, not images
+            names[name] = obj
+        elif name in COMPOSITIONS:
+            names[name] = obj
+    names["NoOp"] = A.NoOp
+    return names
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    if not close:
+        lowered = {o.lower(): o for o in options}
+        close = [lowered[word.lower()]] if word.lower() in lowered else []
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _valid_arguments(cls: type) -> set[str]:
+    """Argument names a transform class accepts (its pydantic schema plus its signature)."""
+    names = {"p"}
+    schema = getattr(cls, "InitSchema", None)
+    if schema is not None and hasattr(schema, "model_fields"):
+        names.update(schema.model_fields)
+    for param in inspect.signature(cls.__init__).parameters.values():
+        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            names.add(param.name)
+    return names - {"self", "strict", "always_apply"}
+
+
+def _split_stage(item: object) -> tuple[str, Any]:
+    """(name, kwargs) of one stage; raises ValueError with a user-facing message when malformed."""
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, dict) and len(item) == 1:
+        name, kwargs = next(iter(item.items()))
+        if not isinstance(name, str):
+            raise ValueError(f"a stage name must be a string, got {name!r}")
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict):
+            raise ValueError(
+                f"the arguments of {name} must be a mapping like {{{name}: {{p: 0.5}}}}, got {kwargs!r}"
+            )
+        return name, kwargs
+    raise ValueError(
+        "each stage must be a mapping with exactly one key, the transform name, "
+        f"e.g. '- HorizontalFlip: {{p: 0.5}}'; got {item!r}"
+    )
+
+
+def _clean_error(exc: BaseException) -> list[tuple[str | None, str]]:
+    """Turn an albumentations construction error into (argument or None, message) pairs."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    errors = getattr(cause, "errors", None)
+    if callable(errors):
+        try:
+            items = errors()
+        except Exception:  # not a pydantic error after all
+            items = None
+        if items:
+            out: list[tuple[str | None, str]] = []
+            for err in items:
+                loc = [str(x) for x in err.get("loc", ())]
+                msg = str(err.get("msg", "invalid value"))
+                msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+                if err.get("type") != "missing" and "input" in err:
+                    msg += f" (got {err['input']!r})"
+                out.append((loc[0] if loc else None, msg))
+            return out
+    text = str(exc).strip().splitlines()
+    return [(None, text[0] if text else type(exc).__name__)]
+
+
+def _build_one(name: str, kwargs: dict, path: str, problems: list[tuple[str, str]]):
+    """Build one stage, appending problems; returns the transform or None."""
+    names = transform_names()
+    if name in UNSUPPORTED:
+        problems.append((path, f"{name} cannot be used here: {UNSUPPORTED[name]}"))
+        return None
+    cls = names.get(name)
+    if cls is None:
+        problems.append((path, f"unknown transform '{name}'{_suggest(name, names)}"))
+        return None
+    kwargs = dict(kwargs)
+    if name in COMPOSITIONS:
+        nested = kwargs.get("transforms")
+        if not isinstance(nested, list) or not nested:
+            problems.append((f"{path}.transforms", f"{name} needs 'transforms': a non-empty list of stages"))
+            return None
+        children = [
+            _build_stage(child, f"{path}.transforms.{j}", problems) for j, child in enumerate(nested)
+        ]
+        if any(c is None for c in children):
+            return None
+        kwargs["transforms"] = children
+    valid = _valid_arguments(cls)
+    suggested: set[str] = set()
+    unknown = [k for k in kwargs if k not in valid]
+    for arg in unknown:
+        close = difflib.get_close_matches(str(arg), sorted(valid), n=1, cutoff=0.6)
+        suggested.update(close)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.append(
+            (f"{path}.{arg}", f"{name} has no argument '{arg}'{hint}; it accepts: {', '.join(sorted(valid))}")
+        )
+        del kwargs[arg]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            transform = cls(**kwargs)
+            A.Compose([transform], strict=True)
+    except Exception as exc:  # albumentations reports bad values as ValueError / TypeError
+        for arg, msg in _clean_error(exc):
+            if arg in suggested and "required" in msg.lower():
+                continue  # already explained by the "did you mean" above
+            problems.append((f"{path}.{arg}" if arg and arg in valid else path, msg))
+        return None
+    return None if unknown else transform
+
+
+def _build_stage(item: object, path: str, problems: list[tuple[str, str]]):
+    try:
+        name, kwargs = _split_stage(item)
+    except ValueError as exc:
+        problems.append((path, str(exc)))
+        return None
+    return _build_one(name, kwargs, f"{path}.{name}", problems)
+
+
+def _build_stages(stages: object, yaml_path: str = "transforms") -> tuple[list, list[tuple[str, str]]]:
+    problems: list[tuple[str, str]] = []
+    if stages is None:
+        return [], problems
+    if not isinstance(stages, list):
+        return [], [(yaml_path, f"must be a list of stages like '- HorizontalFlip: {{p: 0.5}}', got {stages!r}")]
+    built = [_build_stage(item, f"{yaml_path}.{i}", problems) for i, item in enumerate(stages)]
+    return built, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes: what a stage does to (height, width), worked out from the built transform's attributes.
+
+_KEEP = "keep"
+
+
+def _fixed_size(t) -> Size | None:
+    """The size a stage always outputs, whatever its input; None if it depends on the input."""
+    name = type(t).__name__
+    if name in ("Resize", "RandomCrop", "CenterCrop"):
+        return int(t.height), int(t.width)
+    if name in ("RandomResizedCrop", "RandomSizedCrop"):
+        return int(t.size[0]), int(t.size[1])
+    if name == "Crop":
+        return int(t.y_max - t.y_min), int(t.x_max - t.x_min)
+    return None
+
+
+def _crop_need(t) -> Size | None:
+    """The input size a cropping stage needs (None when it pads or resizes instead)."""
+    name = type(t).__name__
+    if name in ("RandomCrop", "CenterCrop") and not getattr(t, "pad_if_needed", False):
+        return int(t.height), int(t.width)
+    if name == "Crop" and not getattr(t, "pad_if_needed", False):
+        return int(t.y_max), int(t.x_max)
+    return None
+
+
+def _max_size(value) -> int | None:
+    if isinstance(value, (list, tuple)):
+        return int(value[0]) if len(value) == 1 else None
+    return None if value is None else int(value)
+
+
+def _scaled(hw: Size, scale: float) -> Size:
+    return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
+
+
+def _next_size(t, hw: Size | None):
+    """Size after stage t given the size before it (None = unknown); may return _KEEP."""
+    result = _applied_size(t, hw)
+    if result is _KEEP or getattr(t, "p", 1.0) >= 1.0:
+        return result
+    return _KEEP if result == hw and hw is not None else None  # applied only sometimes
+
+
+def _applied_size(t, hw: Size | None):
+    """Size after stage t when it is applied."""
+    name = type(t).__name__
+    fixed = _fixed_size(t)
+    if fixed is not None:
+        return fixed
+    if isinstance(t, BaseCompose):
+        return _composition_size(t, hw)
+    if name in _RANDOM_SIZE:
+        return None
+    if name == "Transpose":
+        return None if hw is None else (hw[1], hw[0])
+    if name in _MAY_SWAP:
+        return _KEEP if hw is not None and hw[0] == hw[1] else None
+    if name == "Rotate" and getattr(t, "crop_border", False):
+        return None
+    if name in ("Affine", "Perspective") and getattr(t, "fit_output", False):
+        return None
+    if name == "Perspective" and not getattr(t, "keep_size", True):
+        return None
+    if name == "CropAndPad" and not getattr(t, "keep_size", True):
+        return None
+    if name == "PadIfNeeded":
+        if hw is None:
+            return None
+        h, w = hw
+        if t.min_height is not None:
+            h = max(h, int(t.min_height))
+        elif t.pad_height_divisor:
+            h = -(-h // int(t.pad_height_divisor)) * int(t.pad_height_divisor)
+        if t.min_width is not None:
+            w = max(w, int(t.min_width))
+        elif t.pad_width_divisor:
+            w = -(-w // int(t.pad_width_divisor)) * int(t.pad_width_divisor)
+        return h, w
+    if name == "Pad":
+        if hw is None:
+            return None
+        pad = t.padding
+        if isinstance(pad, (int, float)):
+            left = top = right = bottom = int(pad)
+        elif len(pad) == 2:
+            left, top = right, bottom = int(pad[0]), int(pad[1])
+        else:
+            left, top, right, bottom = (int(x) for x in pad)
+        return hw[0] + top + bottom, hw[1] + left + right
+    if name in ("LongestMaxSize", "SmallestMaxSize"):
+        if hw is None:
+            return None
+        hw_limits = getattr(t, "max_size_hw", None)
+        if hw_limits is not None:
+            mh, mw = hw_limits
+            if name == "LongestMaxSize":
+                scale = min(s for s in (mh / hw[0] if mh else None, mw / hw[1] if mw else None) if s)
+            else:
+                scale = max(s for s in (mh / hw[0] if mh else None, mw / hw[1] if mw else None) if s)
+            return _scaled(hw, scale)
+        size = _max_size(t.max_size)
+        if size is None:
+            return None
+        side = max(hw) if name == "LongestMaxSize" else min(hw)
+        return _scaled(hw, size / side)
+    return _KEEP
+
+
+def _chain_size(transforms, hw: Size | None) -> Size | None:
+    for t in transforms:
+        nxt = _next_size(t, hw)
+        if nxt is not _KEEP:
+            hw = nxt
+    return hw
+
+
+def _composition_outcomes(t, hw: Size) -> list[Size | None]:
+    """Every size a composition can output for input size hw (one per way its draw can go)."""
+    name = type(t).__name__
+    children = list(t.transforms)
+    if name == "Sequential":
+        outcomes = [_chain_size(children, hw)]
+    else:  # OneOf, OneOrOther, SomeOf, RandomOrder, SelectiveChannelTransform
+        outcomes = [_chain_size([c], hw) for c in children] + [_chain_size(children, hw)]
+    if name in ("SomeOf", "RandomOrder", "SelectiveChannelTransform"):
+        outcomes.append(hw)  # a draw may pick stages that leave the size alone
+    return outcomes
+
+
+def _composition_size(t, hw: Size | None):
+    """A composition's output size: _KEEP, a size, or None (depends on the random draw)."""
+    probes = [hw] if hw is not None else [(97, 89), (61, 113)]
+    results = []
+    for probe in probes:
+        outcomes = _composition_outcomes(t, probe)
+        if all(o == probe for o in outcomes):
+            results.append(_KEEP)
+        elif outcomes[0] is not None and all(o == outcomes[0] for o in outcomes):
+            results.append(outcomes[0])
+        else:
+            return None
+    return results[0] if all(r == results[0] for r in results) else None
+
+
+def _built(stages) -> list | None:
+    built, problems = _build_stages(stages)
+    return None if problems else built
+
+
+def output_size(stages, input_hw: Size | None = None) -> Size | None:
+    """(height, width) the stages output, or None when it depends on the input or the random draw.
+
+    With no stages the output is the input (``input_hw``).
+    """
+    built = _built(stages)
+    if built is None:
+        return None
+    return _chain_size(built, tuple(input_hw) if input_hw is not None else None)
+
+
+def min_input_size(stages) -> Size | None:
+    """Smallest (height, width) an input image may have, or None when any size works.
+
+    A crop before any resize or padding needs the image at least as large as the crop. Only sure
+    requirements are returned: after a stage whose effect on size cannot be known, nothing more is.
+    """
+    built = _built(stages)
+    if not built:
+        return None
+    return _requirement(built)
+
+
+def _requirement(transforms) -> Size | None:
+    need = [0, 0]
+    swapped = False
+    symmetric = False
+    pad = [0, 0]  # current size is at least this, whatever the input
+
+    def require(h: int, w: int) -> None:
+        nonlocal need
+        if symmetric:
+            h = w = max(h if h > pad[0] else 0, w if w > pad[1] else 0)
+            need = [max(need[0], h), max(need[1], w)]
+            return
+        h = h if h > pad[0] else 0
+        w = w if w > pad[1] else 0
+        if swapped:
+            h, w = w, h
+        need = [max(need[0], h), max(need[1], w)]
+
+    for t in transforms:
+        name = type(t).__name__
+        crop = _crop_need(t)
+        if crop is not None:
+            require(*crop)
+            break  # the size is fixed from here on
+        if _fixed_size(t) is not None:
+            break
+        if isinstance(t, BaseCompose):
+            if _composition_size(t, None) is _KEEP:
+                continue
+            for child in t.transforms:
+                child_crop = _crop_need(child)
+                if child_crop is not None:
+                    require(*child_crop)
+            break
+        if name == "PadIfNeeded" and t.min_height is not None and t.min_width is not None:
+            pad = [max(pad[0], int(t.min_height)), max(pad[1], int(t.min_width))]
+            continue
+        if name == "Transpose":
+            swapped = not swapped
+            pad = [pad[1], pad[0]]
+            continue
+        if name in _MAY_SWAP:
+            symmetric = True
+            pad = [min(pad), min(pad)]
+            continue
+        if _next_size(t, (64, 48)) is not _KEEP:
+            break  # resizes, pads by an amount or changes size at random: no further sure requirement
+    if need == [0, 0]:
+        return None
+    return need[0], need[1]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_stages(stages: object, yaml_path: str) -> list[tuple[str, str]]:
+    """Every problem in a YAML stage list as (dotted path, message); never raises for bad input.
+
+    Each stage is built with albumentations' own validation, then the chain is checked for crops
+    larger than what the stages before them produce, and run once on a small test image.
+    """
+    built, problems = _build_stages(stages, yaml_path)
+    if problems or not built:
+        return problems
+    names = [_split_stage(item)[0] for item in stages]
+    # crops that can never fit what earlier stages produce
+    hw: Size | None = None
+    for i, t in enumerate(built):
+        need = _crop_need(t)
+        if need is not None and hw is not None and (need[0] > hw[0] or need[1] > hw[1]):
+            problems.append(
+                (
+                    f"{yaml_path}.{i}.{names[i]}",
+                    f"crops {need[0]}x{need[1]} (height x width) but the stages before it produce "
+                    f"{hw[0]}x{hw[1]} images; crop smaller, resize larger first, or set pad_if_needed: true",
+                )
+            )
+        nxt = _next_size(t, hw)
+        if nxt is not _KEEP:
+            hw = nxt
+    if problems:
+        return problems
+    # a dry run on a test image catches what construction cannot (e.g. a transform needing a mask)
+    need = _requirement(built) or (0, 0)
+    image = np.full((max(64, need[0]), max(64, need[1]), 3), 0.5, dtype=np.float32)
+    for i, t in enumerate(built):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                image = A.Compose([t], strict=True, seed=0)(image=image)["image"]
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            problems.append(
+                (f"{yaml_path}.{i}.{names[i]}", f"fails on a test image: {msg[0] if msg else type(exc).__name__}")
+            )
+            break
+    return problems
+
+
+def build_transform(stages, *, paired: bool, seed: int | None = None) -> A.Compose:
+    """A strict Compose of the stages; paired adds a ``target`` image that gets identical parameters."""
+    built, problems = _build_stages(stages, "transforms")
+    if problems:
+        from img2img.errors import PipelineError
+
+        raise PipelineError(problems)
+    return A.Compose(
+        built,
+        additional_targets={"target": "image"} if paired else None,
+        strict=True,
+        seed=seed,
+    )
+
+
+def reseed(compose: A.Compose, seed: int) -> None:
+    """Give the Compose (and every stage in it) a fresh random state from ``seed``.
+
+    The data layer calls this per sample with a seed drawn from (pipeline seed, epoch, position),
+    which makes augmentation independent of worker count and of where a resumed run starts.
+    """
+    compose.set_random_seed(int(seed) % (2**32))
+
+
+def describe(compose: A.Compose) -> dict:
+    """The resolved pipeline (every default filled in) as a JSON-ready dict, for the run folder."""
+    return A.to_dict(compose)

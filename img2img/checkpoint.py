@@ -6,6 +6,7 @@ component and every piece of state, so translate and export need nothing else.
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 import os
 import pickle
 import random
@@ -175,3 +176,57 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_to_plain(v) for v in value]
     return value
+
+
+@dataclass
+class LoadedGenerator:
+    """A generator rebuilt from a checkpoint, in eval mode, with what translate and export need."""
+
+    module: torch.nn.Module
+    direction: str
+    in_channels: int
+    out_channels: int
+    size_multiple: int
+    pipeline: Any
+    ema: bool
+    checkpoint: Path
+
+    @property
+    def task(self) -> str:
+        return self.pipeline.task
+
+    @property
+    def name(self) -> str:
+        return self.pipeline.name
+
+
+def load_generator(path: Path, direction: str = "a2b", *, use_ema: bool = True) -> LoadedGenerator:
+    """Rebuild the task from a checkpoint's pipeline and return its generator for `direction`.
+
+    With `use_ema` (the default) the exponential moving average of the generator is used when the
+    run kept one (``train.ema``).
+    """
+    from img2img.config import pipeline_from_dict
+    from img2img.registry import get_registry
+
+    ckpt = load_checkpoint(path)
+    pipeline = pipeline_from_dict(ckpt["pipeline"])
+    task_cls = get_registry().get("task", pipeline.task).factory
+    if direction not in task_cls.directions:
+        raise Img2ImgError(f"the {pipeline.task} model in {ckpt['path']} translates "
+                           f"{' and '.join(task_cls.directions)} only, not {direction}")
+    task = task_cls(pipeline, device="cpu")
+    generator = task.generator(direction)
+    key = ckpt["generators"][direction]
+    ema_state = (ckpt.get("ema") or {}).get(direction)
+    used_ema = bool(use_ema and ema_state)
+    if used_ema:
+        state = {k[len("module."):]: v for k, v in ema_state.items() if k.startswith("module.")}
+    else:
+        state = ckpt["nets"][key]
+    generator.load_state_dict(state)
+    generator.eval()
+    cin, cout = task.channels(direction)
+    return LoadedGenerator(module=generator, direction=direction, in_channels=cin, out_channels=cout,
+                           size_multiple=int(getattr(generator, "size_multiple", 1)), pipeline=pipeline,
+                           ema=used_ema, checkpoint=Path(ckpt["path"]))

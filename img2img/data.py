@@ -8,7 +8,6 @@ samples.
 """
 from __future__ import annotations
 
-import difflib
 import io
 import os
 import tempfile
@@ -184,8 +183,11 @@ def _too_large(path: Path, pixels: int | str, limit: int) -> ImageReadError:
     )
 
 
-def _open_loaded(path: Path) -> Image.Image:
-    """Open, fully decode (so truncated files fail here) and orient one image file."""
+def _open_loaded(path: Path) -> tuple[Image.Image, bool]:
+    """Open, fully decode (so truncated files fail here) and orient one image file.
+
+    Also says whether the file holds 16-bit colour, which Pillow decodes to 8 bits.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -204,8 +206,9 @@ def _open_loaded(path: Path) -> Image.Image:
             w, h = im.size
             if limit is not None and w * h > limit:
                 raise _too_large(path, w * h, limit)
+            sixteen = _sixteen_bit_colour(im)  # before load(), which clears the tile list
             im.load()
-            return ImageOps.exif_transpose(im) if _orientation(im) not in (None, 1) else im.copy()
+            return (ImageOps.exif_transpose(im) if _orientation(im) not in (None, 1) else im), sixteen
     except Image.DecompressionBombError as exc:
         digits = [int(t) for t in str(exc).replace("(", " ").split() if t.isdigit()]
         raise _too_large(path, digits[0] if digits else "too many", limit or 0) from None
@@ -253,7 +256,7 @@ def image_bit_depth(path: Path) -> int:
 
 def probe_image(path: Path) -> tuple[int, int]:
     """(width, height) after EXIF orientation, verifying the file by decoding it completely."""
-    return _open_loaded(path).size
+    return _open_loaded(path)[0].size
 
 
 def _apply_orientation(arr: np.ndarray, orientation: int | None) -> np.ndarray:
@@ -276,7 +279,12 @@ def _read_sixteen_bit_colour(path: Path) -> np.ndarray | None:
     import cv2
 
     data = np.fromfile(path, dtype=np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # libtiff chatters about valid files
+    try:
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if arr is None or arr.dtype != np.uint16:
         return None
     if arr.ndim == 2:
@@ -342,13 +350,11 @@ def _check_channels(channels: int) -> None:
         raise ValueError(f"channels must be 1, 3 or 4, got {channels}")
 
 
-def _image_to_array(path: Path, im: Image.Image, channels: int) -> np.ndarray:
-    arr = None
-    if _sixteen_bit_colour(im):
-        arr = _read_sixteen_bit_colour(path)
-    if arr is None:
-        arr = _pil_to_float(im)
-    return _to_channels(arr, channels)
+def _decode(path: Path) -> np.ndarray:
+    """HWC float32 in [0, 1] with the file's own channels (1, 2, 3 or 4)."""
+    im, sixteen = _open_loaded(path)
+    arr = _read_sixteen_bit_colour(path) if sixteen else None
+    return _pil_to_float(im) if arr is None else arr
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:
@@ -357,9 +363,7 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     16-bit files keep their precision. Errors name the file and the reason.
     """
     _check_channels(channels)
-    path = Path(path)
-    im = _open_loaded(path)
-    return _image_to_array(path, im, channels)
+    return _to_channels(_decode(Path(path)), channels)
 
 
 def read_pair_image(path: Path, channels_left: int, channels_right: int) -> tuple[np.ndarray, np.ndarray]:
@@ -367,12 +371,7 @@ def read_pair_image(path: Path, channels_left: int, channels_right: int) -> tupl
     _check_channels(channels_left)
     _check_channels(channels_right)
     path = Path(path)
-    im = _open_loaded(path)
-    arr = None
-    if _sixteen_bit_colour(im):
-        arr = _read_sixteen_bit_colour(path)
-    if arr is None:
-        arr = _pil_to_float(im)
+    arr = _decode(path)
     half = arr.shape[1] // 2
     if half == 0:
         raise ImageReadError(path, f"is {arr.shape[1]} pixel(s) wide, too narrow to hold two images side by side")
@@ -724,14 +723,16 @@ class TrainData:
                 list_images(Path(b), self.yaml_paths["b"]), Path(b),
                 (self.yaml_paths["a"], self.yaml_paths["b"]),
             )
-            if direction == "b2a":
-                pair_list = [(pb, pa) for pa, pb in pair_list]
-                channels_a, channels_b = channels_b, channels_a
-        self.channels_a = channels_a  # channels of batch "a" (after any swap)
-        self.channels_b = channels_b
+        swap = kind == "paired" and direction == "b2a"
+        source_channels = (channels_a, channels_b)  # of folder a / left half, folder b / right half
+        if swap and pair_list:
+            pair_list = [(pb, pa) for pa, pb in pair_list]
+            source_channels = (channels_b, channels_a)
+        # channels of batch "a" and batch "b": the input and target, after any b2a swap
+        self.channels_a, self.channels_b = (channels_b, channels_a) if swap else (channels_a, channels_b)
         self._samples = _Samples(
             kind=kind, files_a=files_a, files_b=files_b, pairs=pair_list, ab_files=ab_files,
-            swap_ab=bool(ab_files) and direction == "b2a", channels_a=channels_a, channels_b=channels_b,
+            swap_ab=swap and bool(ab_files), channels_a=source_channels[0], channels_b=source_channels[1],
             transforms=self.transforms, input_transforms=self.input_transforms, seed=self.seed,
             yaml_paths=self.yaml_paths,
         )

@@ -91,7 +91,8 @@ def evaluate_folders(
 
     Returns ``{"summary": {metric: value, "count": n, ...}, "per_image": [{"name": ..., metric: ...}]}``;
     ``per_image`` holds the paired metrics only. ``feature_extractor`` maps ``[B, 3, H, W]`` in [0, 1] to
-    ``[B, D]`` and replaces Inception for FID/KID.
+    ``[B, D]`` and replaces Inception for FID/KID; ``device`` is where features are computed (paired
+    metrics are cheap and stay on the CPU).
     """
     pred_dir, target_dir = Path(pred_dir), Path(target_dir)
     names = _check_metric_names(metrics)
@@ -107,8 +108,10 @@ def evaluate_folders(
     if distribution:  # find the weights before reading any image: a missing file is the likely failure
         extractor = feature_extractor if feature_extractor is not None else inception_extractor(feature_weights)
 
-    pred_files = _images_in(pred_dir, "prediction")
-    target_files = _images_in(target_dir, "target")
+    from img2img.data import list_images
+
+    pred_files = list_images(pred_dir)  # raises, naming the folder, when it holds no image
+    target_files = list_images(target_dir)
     summary: dict[str, Any] = {}
     per_image: list[dict[str, Any]] = []
 
@@ -132,11 +135,13 @@ def evaluate_folders(
 
 def _check_metric_names(metrics: Sequence[str] | str) -> list[str]:
     if isinstance(metrics, str):
-        metrics = [m for m in metrics.split(",")]
+        metrics = metrics.split(",")
     known = PAIRED + DISTRIBUTION
     names: list[str] = []
     for raw in metrics:
         name = raw.strip().lower()
+        if not name:
+            continue
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -148,68 +153,24 @@ def _check_metric_names(metrics: Sequence[str] | str) -> list[str]:
     return names
 
 
-def _images_in(folder: Path, role: str) -> list[Path]:
-    from img2img.data import list_images
-
-    files = list_images(folder)
-    if not files:
-        raise Img2ImgError(f"{role} folder {folder} holds no images")
-    return files
-
-
 def match_pairs(
     pred_dir: Path, pred_files: list[Path], target_dir: Path, target_files: list[Path]
 ) -> list[tuple[str, Path, Path]]:
-    """Pair predictions with targets by relative path without extension, then by file stem.
+    """``(name, prediction, target)`` paired by relative path without extension, then by unique file stem.
 
-    The stem fallback covers a flat output folder written from a nested input one; it is used only
-    when the stem is unique on both sides. Anything left unmatched is an error that lists it.
+    The matching rule is the one paired training uses (:func:`img2img.data.match_pairs`); only the advice
+    in its error is changed, since the fix here is different.
     """
-    pred_keys = _keys(pred_dir, pred_files, "prediction")
-    target_keys = _keys(target_dir, target_files, "target")
-    pairs = [(key, pred_keys[key], target_keys[key]) for key in pred_keys if key in target_keys]
-    lonely_pred = {k: p for k, p in pred_keys.items() if k not in target_keys}
-    lonely_target = {k: p for k, p in target_keys.items() if k not in pred_keys}
+    from img2img import data
 
-    def by_stem(files: dict[str, Path]) -> dict[str, list[str]]:
-        stems: dict[str, list[str]] = {}
-        for key, path in files.items():
-            stems.setdefault(path.stem, []).append(key)
-        return stems
-
-    pred_stems, target_stems = by_stem(lonely_pred), by_stem(lonely_target)
-    for stem, keys in pred_stems.items():
-        if len(keys) == 1 and len(target_stems.get(stem, [])) == 1:
-            pred_key, target_key = keys[0], target_stems[stem][0]
-            pairs.append((pred_key, lonely_pred.pop(pred_key), lonely_target.pop(target_key)))
-
-    if lonely_pred or lonely_target:
-        lines = []
-        for role, folder, lonely in (("prediction", pred_dir, lonely_pred), ("target", target_dir, lonely_target)):
-            if lonely:
-                shown = ", ".join(str(p.relative_to(folder)) for p in list(lonely.values())[:10])
-                more = f" and {len(lonely) - 10} more" if len(lonely) > 10 else ""
-                lines.append(f"  {len(lonely)} {role} image(s) in {folder} without a partner: {shown}{more}")
-        raise Img2ImgError(
-            "paired metrics match files by relative path without extension (or by unique file name):\n"
-            + "\n".join(lines)
-            + "\nGive both folders the same file names, or use only fid/kid, which need no pairing."
-        )
-    pairs.sort(key=lambda pair: pair[0])
-    return pairs
-
-
-def _keys(folder: Path, files: list[Path], role: str) -> dict[str, Path]:
-    keys: dict[str, Path] = {}
-    for path in files:
-        key = path.relative_to(folder).with_suffix("").as_posix()
-        if key in keys:
-            raise Img2ImgError(
-                f"{role} folder {folder} holds both {keys[key].name} and {path.name} under {key!r}; "
-                "paired metrics cannot tell which to use: remove one"
-            )
-        keys[key] = path
-    return keys
+    try:
+        labels = ("the prediction folder", "the target folder")
+        pairs = data.match_pairs(pred_files, pred_dir, target_files, target_dir, labels)
+    except Img2ImgError as err:
+        lines = [line for line in str(err).splitlines() if "unpaired task" not in line]
+        lines.append("Give both folders the same file names, or use only fid/kid: they compare the folders as sets.")
+        raise Img2ImgError("\n".join(lines)) from None
+    return [(pred.relative_to(pred_dir).with_suffix("").as_posix(), pred, target) for pred, target in pairs]
 
 
 def _score_pairs(pairs: list[tuple[str, Path, Path]], metrics: list[str], channels: int) -> list[dict[str, Any]]:
@@ -313,7 +274,8 @@ def _distribution_scores(
     device: str,
     kid_subset_size: int | None,
 ) -> dict[str, float]:
-    from torchmetrics.image import FrechetInceptionDistance, KernelInceptionDistance
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
 
     n = min(len(pred_files), len(target_files))
     if n < 2:

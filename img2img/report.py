@@ -26,7 +26,8 @@ from img2img.errors import Img2ImgError
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 MAX_SAMPLES = 48  # more would make the page heavy; evenly spaced ones are kept, first and last included
 
-_NOT_LOSSES = {"step", "epoch", "seconds_per_step"}
+_NOT_PLOTTED = {"step", "epoch"}
+_COUNTERS = {"skipped_steps"}  # running totals the trainer logs; shown as numbers, not as loss curves
 _STEP_FILE = re.compile(r"^step-(\d+)\.(png|pt)$")
 
 
@@ -71,6 +72,8 @@ class Run:
     lrs: dict[str, Series]
     vals: dict[str, Series]
     seconds: Series
+    throughput: Series
+    counters: dict[str, Series]
     samples: list[tuple[int, Path]]
     checkpoints: list[Path]
 
@@ -94,6 +97,8 @@ def load_run(run_dir: Path) -> Run:
         lrs=groups["lr"],
         vals=groups["val"],
         seconds=groups["time"].get("seconds_per_step", Series()),
+        throughput=groups["time"].get("images_per_s", Series()),
+        counters=groups["counter"],
         samples=_step_files(run_dir / "samples", ".png"),
         checkpoints=_checkpoints(run_dir / "checkpoints"),
     )
@@ -119,7 +124,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def split_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, Series]]:
-    """Group the numeric keys into losses, learning rates, validation metrics and timing.
+    """Group the numeric keys into losses, learning rates, validation metrics, timing and counters.
 
     A step logged twice (a resumed run repeats the steps after its last checkpoint) keeps its last value.
     """
@@ -129,16 +134,18 @@ def split_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, Series]]:
         for key, value in row.items():
             if key != "step" and _is_number(value):
                 by_key.setdefault(key, {})[step] = float(value)
-    groups: dict[str, dict[str, Series]] = {"loss": {}, "lr": {}, "val": {}, "time": {}}
+    groups: dict[str, dict[str, Series]] = {"loss": {}, "lr": {}, "val": {}, "time": {}, "counter": {}}
     for key in by_key:
-        if key == "seconds_per_step":
+        if key in _NOT_PLOTTED:
+            continue
+        if key.endswith(("_per_step", "_per_s")):
             group = "time"
         elif key == "lr" or key.startswith("lr_"):
             group = "lr"
         elif key.startswith("val_"):
             group = "val"
-        elif key in _NOT_LOSSES:
-            continue
+        elif key in _COUNTERS:
+            group = "counter"
         else:
             group = "loss"
         series = Series()
@@ -219,7 +226,9 @@ def timing_summary(run: Run) -> dict[str, Any]:
         median = statistics.median(secs.values)
         out["median s/step"] = median
         batch = _dig(run.pipeline, "train", "batch_size")
-        if _is_number(batch) and median > 0:
+        if run.throughput.values:  # logged by the trainer, which knows the number of processes
+            out["images/s"] = statistics.median(run.throughput.values)
+        elif _is_number(batch) and median > 0:
             out["images/s"] = batch / median
         # each logged value stands for the steps since the previous log
         total, previous = 0.0, 0
@@ -227,6 +236,9 @@ def timing_summary(run: Run) -> dict[str, Any]:
             total += max(step - previous, 0) * value
             previous = step
         out["estimated training time"] = _duration(total)
+    for key, series in run.counters.items():
+        if series.values:
+            out[key.replace("_", " ")] = int(series.values[-1]) if series.values[-1].is_integer() else series.values[-1]
     return out
 
 
@@ -484,7 +496,9 @@ def _section_timing(run: Run) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td class=num>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items()
     )
-    plot = smoothed_curves_svg({"seconds_per_step": run.seconds}) if run.seconds.values else ""
+    curves = {key: series for key, series in (("seconds_per_step", run.seconds), ("images_per_s", run.throughput))
+              if series.values}
+    plot = smoothed_curves_svg(curves) if curves else ""
     return f"<h2>Timing and throughput</h2><table>{rows}</table>{plot}"
 
 
@@ -516,7 +530,8 @@ def _section_samples(run: Run) -> str:
     width = _display_width(shown[-1][1])
     note = f" Showing {len(shown)} of {len(samples)}, evenly spaced." if len(shown) < len(samples) else ""
     thumbs = "".join(
-        f'<figure><img src="{uri}" data-step="{step}" alt="samples at step {step}"><figcaption>{step}</figcaption></figure>'
+        f'<figure><img src="{uri}" data-step="{step}" alt="samples at step {step}">'
+        f"<figcaption>{step}</figcaption></figure>"
         for (step, _), uri in zip(shown, uris)
     )
     return (

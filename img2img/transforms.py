@@ -417,14 +417,15 @@ def _requirement(transforms) -> Size | None:
                 if child_crop is not None:
                     require(*child_crop)
             break
-        if name == "PadIfNeeded" and t.min_height is not None and t.min_width is not None:
+        always = getattr(t, "p", 1.0) >= 1.0
+        if name == "PadIfNeeded" and always and t.min_height is not None and t.min_width is not None:
             pad = [max(pad[0], int(t.min_height)), max(pad[1], int(t.min_width))]
             continue
-        if name == "Transpose":
+        if name == "Transpose" and always:
             swapped = not swapped
             pad = [pad[1], pad[0]]
             continue
-        if name in _MAY_SWAP:
+        if name in _MAY_SWAP or name == "Transpose":
             symmetric = True
             pad = [min(pad), min(pad)]
             continue

@@ -27,14 +27,16 @@ from img2img.metrics import (
 
 
 def photo(rng: np.random.Generator, size: int = 32, bright: float = 0.0) -> np.ndarray:
-    """A smooth, photo-like RGB image in [0, 1]: gradients, soft coloured blobs, a little grain."""
+    """A smooth, photo-like RGB image in [0, 1]: shaded luminance, soft blobs, a mild colour cast, grain."""
     y, x = np.mgrid[0:size, 0:size] / size
-    image = np.stack([rng.uniform(-0.4, 0.4) * x + rng.uniform(-0.4, 0.4) * y + rng.uniform(0.2, 0.6) for _ in range(3)], -1)
+    luma = rng.uniform(-0.3, 0.3) * x + rng.uniform(-0.3, 0.3) * y + rng.uniform(0.3, 0.6)
+    tint = np.zeros((size, size, 3))
     for _ in range(3):
         cx, cy, radius = rng.uniform(0, 1, 2).tolist() + [rng.uniform(0.1, 0.3)]
         blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))
-        image += blob[..., None] * rng.uniform(-0.4, 0.4, 3)
-    image += rng.normal(0, 0.02, image.shape) + bright
+        luma = luma + blob * rng.uniform(-0.3, 0.3)
+        tint += blob[..., None] * rng.uniform(-0.12, 0.12, 3)
+    image = luma[..., None] + tint + rng.uniform(-0.05, 0.05, 3) + rng.normal(0, 0.02, (size, size, 3)) + bright
     return np.clip(image, 0, 1)
 
 
@@ -153,7 +155,7 @@ def test_missing_and_empty_folders_are_user_errors(tmp_path: Path) -> None:
     folder(tmp_path / "a", 1, seed=0)
     with pytest.raises(Img2ImgError, match="does not exist"):
         evaluate_folders(tmp_path / "nope", tmp_path / "a")
-    with pytest.raises(Img2ImgError, match="holds no images"):
+    with pytest.raises(Img2ImgError, match="contains no images"):
         evaluate_folders(tmp_path / "a", tmp_path / "empty")
 
 
@@ -236,7 +238,9 @@ def two_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_fid_and_kid_match_scipy_and_numpy(two_sets: tuple[Path, Path]) -> None:
     pred, target = two_sets
     extractor = TinyFeatures()
-    result = evaluate_folders(pred, target, ["fid", "kid"], feature_extractor=extractor, kid_subset_size=20, batch_size=6)
+    result = evaluate_folders(
+        pred, target, ["fid", "kid"], feature_extractor=extractor, kid_subset_size=20, batch_size=6
+    )
     fake, real = features(extractor, pred), features(extractor, target)
 
     expected_fid = reference_fid(real, fake)

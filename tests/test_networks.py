@@ -15,12 +15,12 @@ from img2img.default_plugins import layers, losses, patchgan, resnet, unet
 REFERENCE_STEP = Path(__file__).resolve().parents[2] / "shared/bench/reference_step.py"
 
 GENERATORS = {"resnet_6blocks": resnet.resnet_6blocks, "resnet_9blocks": resnet.resnet_9blocks,
-              "unet_128": unet.unet_128, "unet_256": unet.unet_256}
+              "unet_128": unet.unet_128, "unet_256": unet.unet_256, "unet": unet.unet}
 DISCRIMINATORS = {"patchgan": patchgan.patchgan, "pixel": patchgan.pixel}
 LOSSES = {"lsgan": losses.lsgan, "vanilla": losses.vanilla, "hinge": losses.hinge, "wgan_gp": losses.wgan_gp,
           "l1": losses.l1, "mse": losses.mse}
 # the smallest image each generator accepts, and a channel width that keeps the test fast
-SMALL = {"resnet_6blocks": (32, 8), "resnet_9blocks": (32, 8), "unet_128": (128, 4), "unet_256": (256, 4)}
+SMALL = {"resnet_6blocks": (32, 8), "resnet_9blocks": (32, 8), "unet_128": (128, 4), "unet_256": (256, 4), "unet": (64, 4)}
 
 
 def count(module: nn.Module) -> int:
@@ -177,7 +177,8 @@ def test_resnet_resize_conv(padding):
     modules = list(net.modules())
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in modules)
     assert sum(isinstance(m, nn.Upsample) for m in modules) == 2
-    assert any(isinstance(m, nn.ReflectionPad2d) and m.padding == (1, 1, 1, 1) for m in modules) == (padding == "reflect")
+    reflect_1px = any(isinstance(m, nn.ReflectionPad2d) and m.padding == (1, 1, 1, 1) for m in modules)
+    assert reflect_1px == (padding == "reflect")
     assert net(image(1, (36, 44))).shape == (1, 3, 36, 44)
 
 
@@ -205,7 +206,8 @@ def test_norm_choices():
     bn = layers.norm_layer("batch", 4)
     assert isinstance(bn, nn.BatchNorm2d) and bn.affine
     # convolutions before batch norm carry no bias; before instance norm they do (reference)
-    convs = [m for m in resnet.resnet_6blocks(3, 3, ngf=4, norm="batch").model[:-3].modules() if isinstance(m, nn.Conv2d)]
+    body = resnet.resnet_6blocks(3, 3, ngf=4, norm="batch").model[:-3]  # the head conv keeps its bias
+    convs = [m for m in body.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.bias is None for c in convs)
     convs = [m for m in resnet.resnet_6blocks(3, 3, ngf=4).model.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.bias is not None for c in convs)

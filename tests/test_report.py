@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from img2img.errors import Img2ImgError
-from img2img.report import PALETTE, ema, read_metrics, split_series, write_report
+from img2img.report import PALETTE, ema, load_run, read_metrics, split_series, timing_summary, write_report
 
 PIPELINE = """\
 task: cyclegan
@@ -55,15 +56,17 @@ def run_dir(tmp_path: Path) -> Path:
     lines = []
     for i in range(1, 37):
         step = 10 * i
+        seconds = 0.5 + 0.05 * rng.standard_normal()
         lines.append(json.dumps({
             "step": step, "epoch": step // 100, "lr": 2e-4 * (1 - step / 400), "lr_d": 1e-4,
-            "seconds_per_step": 0.5 + 0.05 * rng.standard_normal(),
+            "seconds_per_step": seconds, "images_per_s": 2 / seconds, "skipped_steps": i // 10,
             "g_adv_b": 1 / (1 + step / 50) + 0.05 * rng.random(),
             "cycle_a": 2.0 * np.exp(-step / 150) + 0.1 * rng.random(),
             "d_b": 0.25 + 0.02 * rng.standard_normal(),
         }))
         if step % 60 == 0:
-            lines.append(json.dumps({"step": step, "epoch": step // 100, "val_psnr": 15 + step / 40, "val_ssim": step / 400}))
+            val = {"step": step, "epoch": step // 100, "val_psnr": 15 + step / 40, "val_ssim": step / 400}
+            lines.append(json.dumps(val))
     text = "\n".join(lines) + '\n{"step": 370, "epoch": 3, "g_adv'  # a crash cut the last line
     (run / "metrics.jsonl").write_text(text)
     _sample_png(run / "samples" / "step-100.png", 1)
@@ -103,11 +106,12 @@ def test_report_is_one_self_contained_file(run_dir: Path, tmp_path: Path) -> Non
     assert names == ["step-20.pt", "step-100.pt", "best.pt", "last.pt"]
     assert page.count("<td class=num>1.0 KiB</td>") == 4
 
-    # throughput: batch 2 over the median seconds per step
+    # throughput as the trainer logged it, and its running count of skipped steps
     rows, _ = read_metrics(run_dir / "metrics.jsonl")
-    median = float(np.median([r["seconds_per_step"] for r in rows if "seconds_per_step" in r]))
-    assert f"{2 / median:.4g}" in page
+    median = float(np.median([r["images_per_s"] for r in rows if "images_per_s" in r]))
+    assert f"<td>images/s</td><td class=num>{median:.4g}</td>" in page
     assert "<td>total steps</td><td class=num>360</td>" in page
+    assert "<td>skipped steps</td><td class=num>3</td>" in page
 
 
 def test_metrics_reader_splits_terms_and_tolerates_a_cut_line(run_dir: Path) -> None:
@@ -116,6 +120,8 @@ def test_metrics_reader_splits_terms_and_tolerates_a_cut_line(run_dir: Path) -> 
     groups = split_series(rows)
     assert set(groups["loss"]) == {"g_adv_b", "cycle_a", "d_b"}
     assert set(groups["lr"]) == {"lr", "lr_d"}
+    assert set(groups["time"]) == {"seconds_per_step", "images_per_s"}
+    assert set(groups["counter"]) == {"skipped_steps"}
     assert set(groups["val"]) == {"val_psnr", "val_ssim"}
     assert groups["val"]["val_psnr"].steps == [60, 120, 180, 240, 300, 360]
     assert groups["loss"]["d_b"].steps == list(range(10, 361, 10))
@@ -124,10 +130,22 @@ def test_metrics_reader_splits_terms_and_tolerates_a_cut_line(run_dir: Path) -> 
 
 def test_resumed_steps_keep_the_last_value_and_non_finite_are_hidden(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
-    rows = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 2, "loss": 5.0}, {"step": 3, "loss": float("nan")}]
+    rows = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 2, "loss": 5.0}, {"step": 3, "loss": math.nan}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     series = split_series(read_metrics(path)[0])["loss"]["loss"]
     assert series.steps == [1, 2] and series.values == [1.0, 5.0] and series.hidden == 1
+
+
+def test_images_per_second_falls_back_to_batch_size_over_seconds(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pipeline.yaml").write_text("task: pix2pix\nname: p\ntrain: {batch_size: 4}\n")
+    rows = [{"step": 10 * i, "epoch": 0, "seconds_per_step": s, "l1": 1.0} for i, s in enumerate((0.4, 0.5, 2.0), 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = timing_summary(load_run(run))
+    assert summary["median s/step"] == 0.5 and summary["images/s"] == pytest.approx(8.0)
+    assert summary["estimated training time"] == "0m 29s"  # 10 * 0.4 + 10 * 0.5 + 10 * 2.0
+    assert summary["total steps"] == 30
 
 
 def test_ema_is_debiased_and_tracks_a_constant() -> None:

@@ -11,6 +11,9 @@ of down blocks and a list of up blocks so that `UnetGenerator.features` can stop
   innermost and the 4th level, as pix2pix), the outermost ending in tanh instead of a norm.
 """
 from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import Field
 
 import torch
 from torch import nn
@@ -110,7 +113,20 @@ def unet_128(in_channels: int, out_channels: int, *, ngf: Width = 64, norm: Norm
     return init_weights(net, init, init_gain)
 
 
+def unet(in_channels: int, out_channels: int, *, num_downs: Annotated[int, Field(ge=5, le=10)] = 6,
+         ngf: Width = 64, norm: Norm = "batch", dropout: DropoutP = 0.5, upsample: UpsampleMode = "transposed",
+         init: Init = "normal", init_gain: Gain = 0.02) -> nn.Module:
+    """U-Net with `num_downs` downsamplings; height and width must be multiples of 2**num_downs.
+
+    ``unet_128`` and ``unet_256`` are this with 7 and 8; fewer suit small images (5 for 32 px).
+    """
+    net = UnetGenerator(in_channels, out_channels, num_downs=num_downs, ngf=ngf, norm=norm, dropout=dropout,
+                        upsample=upsample)
+    return init_weights(net, init, init_gain)
+
+
 @hookimpl
 def register_generators(register):
     register("unet_256", unet_256)
     register("unet_128", unet_128)
+    register("unet", unet)

@@ -1,0 +1,134 @@
+"""Shared fixtures: throwaway plugins, fake installed distributions, tiny image folders."""
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(1)  # tests run in parallel workers on a small machine
+
+
+@pytest.fixture
+def plugin_manager():
+    """The process plugin manager; throwaway plugins registered through it are removed afterwards."""
+    from img2img import plugins
+
+    pm = plugins.get_plugin_manager()
+    before = {name for name, _ in pm.list_name_plugin()}
+    yield pm
+    for name, plugin in list(pm.list_name_plugin()):
+        if name not in before:
+            pm.unregister(plugin)
+            plugins._infos.pop(name, None)
+
+
+@pytest.fixture
+def fake_distribution(tmp_path, monkeypatch):
+    """Install a distribution on the fly: a module plus a .dist-info with an entry point in group img2img."""
+    from img2img import plugins
+
+    created: list[str] = []
+
+    def make(dist: str, module: str, source: str, *, entry_name: str | None = None, version: str = "1.0") -> Path:
+        root = tmp_path / f"site-{dist}"
+        root.mkdir()
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+        info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[img2img]\n{entry_name or module} = {module}\n")
+        monkeypatch.syspath_prepend(str(root))
+        created.append(module)
+        plugins.reset()
+        return root
+
+    yield make
+    for module in created:
+        sys.modules.pop(module, None)
+    monkeypatch.undo()
+    plugins.reset()
+
+
+def write_images(folder: Path, count: int, size: int = 32, *, seed: int = 0, colour: tuple = (200, 80, 40),
+                 mode: str = "RGB", suffix: str = ".png", prefix: str = "img") -> list[Path]:
+    """Small random-ish images with a tint, so two folders look like two domains."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        noise = rng.integers(0, 60, (size, size, 3))
+        arr = np.clip(np.array(colour)[None, None, :] + noise - 30, 0, 255).astype(np.uint8)
+        path = folder / f"{prefix}{i:03d}{suffix}"
+        Image.fromarray(arr).convert(mode).save(path)
+        paths.append(path)
+    return paths
+
+
+TINY_CYCLEGAN = """\
+task: cyclegan
+name: tiny
+seed: 0
+data:
+  a: {a}
+  b: {b}
+  num_workers: 0
+  transforms:
+    - RandomCrop: {{height: 32, width: 32}}
+    - HorizontalFlip: {{p: 0.5}}
+model:
+  generator: {{name: resnet_6blocks, ngf: 8}}
+  discriminator: {{name: patchgan, ndf: 8, n_layers: 2}}
+train:
+  max_steps: 4
+  log_every: 1
+  sample_every: 2
+  checkpoint_every: 2
+"""
+
+TINY_PIX2PIX = """\
+task: pix2pix
+name: tiny-p2p
+seed: 0
+data:
+  a: {a}
+  b: {b}
+  num_workers: 0
+  transforms:
+    - RandomCrop: {{height: 32, width: 32}}
+    - HorizontalFlip: {{p: 0.5}}
+model:
+  generator: {{name: unet, num_downs: 5, ngf: 8}}
+  discriminator: {{name: patchgan, ndf: 8, n_layers: 2, norm: batch}}
+train:
+  max_steps: 4
+  log_every: 1
+  sample_every: 2
+  checkpoint_every: 2
+"""
+
+
+@pytest.fixture
+def tiny_cyclegan(tmp_path) -> Path:
+    """A cyclegan pipeline file over two folders of 6 tinted 40px images."""
+    write_images(tmp_path / "A", 6, 40, seed=1, colour=(220, 120, 60))
+    write_images(tmp_path / "B", 6, 40, seed=2, colour=(40, 90, 200))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CYCLEGAN.format(a=tmp_path / "A", b=tmp_path / "B"))
+    return path
+
+
+@pytest.fixture
+def tiny_pix2pix(tmp_path) -> Path:
+    """A pix2pix pipeline over 6 pairs matched by name (target = inverted input)."""
+    inputs = write_images(tmp_path / "inA", 6, 40, seed=3)
+    (tmp_path / "inB").mkdir()
+    for p in inputs:
+        Image.fromarray(255 - np.asarray(Image.open(p))).save(tmp_path / "inB" / p.name)
+    path = tmp_path / "tiny-p2p.yaml"
+    path.write_text(TINY_PIX2PIX.format(a=tmp_path / "inA", b=tmp_path / "inB"))
+    return path

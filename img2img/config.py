@@ -104,7 +104,7 @@ class TrainConfig(StrictModel):
     on_nan: Literal["stop", "skip"] = "stop"
     ema: float | None = Field(None, gt=0, lt=1)
     val_every: int | None = Field(None, ge=1)
-    val_metric: str | None = None
+    val_metric: Literal["l1", "psnr", "ssim", "cycle_l1"] | None = None
     samples: int = Field(4, ge=1, le=16)
 
 

@@ -43,9 +43,6 @@ MAX_PIXELS_ENV = "IMG2IMG_MAX_IMAGE_PIXELS"
 _PILLOW_DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 _ORIENTATION = 0x0112
 
-# img2img raises its own error for images over the pixel limit, so Pillow's warning adds nothing.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
 
 class ImageReadError(Img2ImgError):
     """An image file that cannot be read; ``path`` and ``reason`` are kept for listings."""
@@ -202,7 +199,11 @@ def _open_loaded(path: Path) -> tuple[Image.Image, bool]:
     limit = _pixel_limit()
     Image.MAX_IMAGE_PIXELS = limit
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # img2img raises its own error above the limit; Pillow's warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as im:
             w, h = im.size
             if limit is not None and w * h > limit:
                 raise _too_large(path, w * h, limit)
@@ -462,8 +463,8 @@ def _encode_sixteen_bit(arr: np.ndarray, fmt: str, path: Path) -> bytes:
 
 
 def _seed(*numbers: int) -> int:
-    """A 32-bit seed from a tuple of non-negative integers (stable across platforms and runs)."""
-    return int(np.random.SeedSequence([int(n) for n in numbers]).generate_state(1)[0])
+    """A 32-bit seed from a tuple of integers (stable across platforms and runs)."""
+    return int(np.random.SeedSequence([int(n) % 2**64 for n in numbers]).generate_state(1)[0])
 
 
 _TRAIN, _FIXED = 0, 1  # sample streams: training epochs and the fixed sample-grid batch
@@ -866,12 +867,15 @@ class TrainData:
         need = T.min_input_size(self.transforms)
         need_input = T.min_input_size(self.input_transforms) if s.kind == "paired" else None
         small: list[str] = []
+        joint_out: dict[tuple[int, int], tuple[int, int] | None] = {}
         for (h, w), name in shapes:
             if need is not None and (h < need[0] or w < need[1]):
                 small.append(f"  {name}: {w}x{h}")
                 continue
             if need_input is not None:
-                out = T.output_size(self.transforms, (h, w)) if self.transforms else (h, w)
+                if (h, w) not in joint_out:
+                    joint_out[(h, w)] = T.output_size(self.transforms, (h, w))
+                out = joint_out[(h, w)]
                 if out is not None and (out[0] < need_input[0] or out[1] < need_input[1]):
                     raise Img2ImgError(
                         f"{self.yaml_paths['input_transforms']} crops {need_input[1]}x{need_input[0]} (width x height) "

@@ -332,7 +332,8 @@ def lines_svg(curves: dict[str, Series], title: str, markers: bool = False, pane
         for i, (key, series) in enumerate(curves.items()):
             ax = axes[i] if panels else axes[0]
             color = PALETTE[i % len(PALETTE)]
-            ax.plot(series.steps, series.values, color=color, linewidth=1.8, label=key,
+            dash = "-" if panels else ("-", "--", ":", "-.")[i % 4]  # equal curves (lr, lr_d) stay visible
+            ax.plot(series.steps, series.values, color=color, linewidth=1.8, label=key, linestyle=dash,
                     marker="o" if markers else None, markersize=3.5)
             note = f"  ({series.hidden} non-finite hidden)" if series.hidden else ""
             if panels:

@@ -134,14 +134,13 @@ def prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> RunFolder
 # learning-rate schedule
 
 
-def lr_factor(step: int, epoch: int, steps_per_epoch: int, train) -> float:
-    """Constant, then linear decay to zero: per epoch as the reference, or over `max_steps`."""
-    if train.max_steps:
-        total = train.max_steps
-        span = train.epochs + train.decay_epochs
-        decay_start = total if span == 0 or train.decay_epochs == 0 else round(total * train.epochs / span)
-        return 1.0 - max(0, step - decay_start) / float(total - decay_start + 1)
-    return 1.0 - max(0, epoch + 1 - train.epochs) / float(train.decay_epochs + 1)
+def lr_factor(epoch: int, train) -> float:
+    """Constant for `epochs`, then linear decay to zero over `decay_epochs`, per epoch (the reference).
+
+    `max_steps` only ends training early; it does not stretch the schedule, so extending a run with
+    ``--resume --set train.max_steps=N`` continues exactly as an uninterrupted run would.
+    """
+    return max(0.0, 1.0 - max(0, epoch + 1 - train.epochs) / float(train.decay_epochs + 1))
 
 
 def total_steps(train, steps_per_epoch: int) -> int:
@@ -442,7 +441,7 @@ class Trainer:
                 epoch_iter = self.data.epoch(self.epoch, self.step_in_epoch)
                 tick = time.perf_counter()
                 for batch in epoch_iter:
-                    factor = lr_factor(self.step, self.epoch, steps_per_epoch, train)
+                    factor = lr_factor(self.epoch, train)
                     for k, o in self.task.optimizers.items():
                         for g in o.param_groups:
                             g["lr"] = g["initial_lr"] * factor

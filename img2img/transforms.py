@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import warnings
 from functools import lru_cache
 from typing import Any
 
-import albumentations as A
+# albumentations asks PyPI for a newer version on import (up to 2 s offline); a training run need not.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
 import numpy as np
-from albumentations.core.composition import BaseCompose
-from albumentations.core.transforms_interface import BasicTransform, Transform3D
+from albumentations.core.composition import BaseCompose  # noqa: E402
+from albumentations.core.transforms_interface import BasicTransform, Transform3D  # noqa: E402
 
 __all__ = [
     "build_transform",
@@ -421,6 +425,8 @@ def _requirement(transforms) -> Size | None:
         if name == "PadIfNeeded" and always and t.min_height is not None and t.min_width is not None:
             pad = [max(pad[0], int(t.min_height)), max(pad[1], int(t.min_width))]
             continue
+        if name in ("PadIfNeeded", "Pad") and not always:
+            continue  # padding only sometimes: the crop must still fit the unpadded image
         if name == "Transpose" and always:
             swapped = not swapped
             pad = [pad[1], pad[0]]

@@ -197,6 +197,14 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
         ],
         check=True, timeout=120, capture_output=True,
     )
+    # the inline script ran: it marks the thumbnail the slider points at (the latest)
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", report.resolve().as_uri()],
+        check=True, timeout=120, capture_output=True, text=True,
+    ).stdout
+    assert re.search(r'<img[^>]*class="active"[^>]*data-step="100"|<img[^>]*data-step="100"[^>]*class="active"', dom)
+
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape[:2] == (2000, 1280)
     assert pixels.std() > 20

@@ -1,0 +1,307 @@
+"""Size handling for generators: padding to their size multiple, and tiled translation.
+
+A generator that downsamples k times needs heights and widths divisible by 2**k. `pad_to_multiple`
+pads (reflection, continued by replication where the padding is longer than the image, as it is
+for a 20 px image and a U-Net's 256) and the caller crops back, so any size comes out at its own
+size; `SizeAdapter` is that as a module, the form the ONNX graph carries.
+
+Large images are translated in overlapping tiles blended with weights that ramp smoothly (raised
+cosine) across each overlap and are 1 elsewhere, normalised by their sum, so no seam shows. Instance
+norm makes each tile normalise by its own statistics, which changes its colours: `InstanceNormStats`
+records the statistics of a downscaled whole image and substitutes them while the tiles run.
+"""
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from img2img.errors import Img2ImgError
+
+AUTO_TILE = 512
+AUTO_OVERLAP = 64
+DEFAULT_OVERLAP = 32
+
+__all__ = [
+    "AUTO_OVERLAP",
+    "AUTO_TILE",
+    "DEFAULT_OVERLAP",
+    "InstanceNormStats",
+    "SizeAdapter",
+    "blend_weights",
+    "check_tiling",
+    "effective_tile",
+    "pad_to_multiple",
+    "padded_size",
+    "ramp",
+    "tile_plan",
+    "tile_spans",
+    "translate_tiled",
+    "uses_instance_statistics",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding to the generator's multiple
+
+
+def padded_size(size: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= size."""
+    return -(-size // multiple) * multiple
+
+
+def _pad_index(size, target, device: torch.device) -> torch.Tensor:
+    """Source rows for a padded axis: 0..size-1, then mirrored (reflect), then the last mirrored row.
+
+    Written with shape arithmetic only, so the exported ONNX graph keeps dynamic height and width.
+    """
+    last = size - 1
+    index = torch.arange(target, device=device)
+    return (last - (last - index).abs()).clamp(min=0)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad NCHW at the bottom and right to multiples of `multiple` (reflect, then replicate)."""
+    if multiple <= 1:
+        return x
+    h, w = x.shape[-2], x.shape[-1]
+    hp, wp = padded_size(h, multiple), padded_size(w, multiple)
+    x = x.index_select(2, _pad_index(h, hp, x.device))
+    return x.index_select(3, _pad_index(w, wp, x.device))
+
+
+class SizeAdapter(nn.Module):
+    """Pad to the generator's multiple, run it, crop back: any height and width in, the same out."""
+
+    def __init__(self, generator: nn.Module, multiple: int):
+        super().__init__()
+        self.generator = generator
+        self.multiple = int(multiple)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2], image.shape[-1]
+        return self.generator(pad_to_multiple(image, self.multiple))[:, :, :h, :w]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiles and blending weights
+
+
+def effective_tile(tile: int, multiple: int) -> int:
+    """The tile size actually used: rounded down to the generator's multiple (at least one multiple)."""
+    return max(multiple, tile // multiple * multiple)
+
+
+def tile_spans(size: int, tile: int, overlap: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """(start, end) of the tiles along one axis.
+
+    Starts are multiples of `multiple` (or of the largest halving of it that still lets neighbours
+    share `overlap` pixels), so tiles see the pixel phase the whole image does and strided layers
+    agree in the overlaps. The last tile ends at the edge and may be a little longer than `tile` (it
+    is padded like any input). Neighbours share at least `overlap` pixels.
+    """
+    if size <= tile:
+        return [(0, size)]
+    align = max(1, multiple)
+    while align > 1 and align > tile - overlap:
+        align //= 2
+    stride = max(align, (tile - overlap) // align * align)
+    last = (size - tile) // align * align
+    starts = list(range(0, last, stride))
+    if not starts or starts[-1] != last:
+        starts.append(last)
+    return [(s, min(size, s + tile)) if s != last else (s, size) for s in starts]
+
+
+def ramp(length: int, before: int, after: int) -> np.ndarray:
+    """1-D weights of one tile: a raised-cosine rise over `before`, a fall over `after`, 1 between.
+
+    Two neighbours that share k pixels, one falling over them and the other rising, sum to 1 there.
+    """
+    w = np.ones(length, dtype=np.float64)
+    if before > 0:
+        t = (np.arange(before) + 0.5) / before
+        w[:before] *= 0.5 - 0.5 * np.cos(np.pi * t)
+    if after > 0:
+        t = (np.arange(after) + 0.5) / after
+        w[length - after:] *= 0.5 + 0.5 * np.cos(np.pi * t)
+    return w
+
+
+def _axis_weights(spans: list[tuple[int, int]]) -> list[np.ndarray]:
+    out = []
+    for i, (start, end) in enumerate(spans):
+        before = spans[i - 1][1] - start if i > 0 else 0
+        after = end - spans[i + 1][0] if i + 1 < len(spans) else 0
+        out.append(ramp(end - start, max(0, before), max(0, after)))
+    return out
+
+
+def blend_weights(height: int, width: int, tile: int, overlap: int, multiple: int = 1
+                  ) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """((top, bottom, left, right), weights) of every tile, raster order; weights are separable."""
+    rows, cols = tile_spans(height, tile, overlap, multiple), tile_spans(width, tile, overlap, multiple)
+    wy, wx = _axis_weights(rows), _axis_weights(cols)
+    for (top, bottom), ry in zip(rows, wy):
+        for (left, right), rx in zip(cols, wx):
+            yield (top, bottom, left, right), np.outer(ry, rx).astype(np.float32)
+
+
+def translate_tiled(image: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor], *, tile: int,
+                    overlap: int, multiple: int = 1, batch_size: int = 1) -> torch.Tensor:
+    """Translate a 1xCxHxW image in overlapping tiles and blend them; returns 1xC'xHxW (CPU float32).
+
+    `run` maps an NxCxhxw batch to NxC'xhxw at the same size (padding to the multiple is its job).
+    Tiles of equal shape are run `batch_size` at a time.
+    """
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected a 1xCxHxW image, got {tuple(image.shape)}")
+    if not 0 <= overlap < tile:
+        raise Img2ImgError(f"the tile overlap ({overlap} px) must be smaller than the tile ({tile} px)")
+    h, w = image.shape[-2:]
+    tiles = list(blend_weights(h, w, tile, overlap, multiple))
+    out: torch.Tensor | None = None
+    total = torch.zeros(1, 1, h, w)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, ((top, bottom, left, right), _) in enumerate(tiles):
+        by_shape.setdefault((bottom - top, right - left), []).append(i)
+    for indices in by_shape.values():
+        for k in range(0, len(indices), batch_size):
+            chunk = indices[k:k + batch_size]
+            batch = torch.cat([image[:, :, t:b, l:r] for (t, b, l, r), _ in (tiles[i] for i in chunk)])
+            result = run(batch).float().cpu()
+            if out is None:
+                out = torch.zeros(1, result.shape[1], h, w)
+            for j, i in enumerate(chunk):
+                (t, b, l, r), weight = tiles[i]
+                wt = torch.from_numpy(weight)
+                out[0, :, t:b, l:r] += result[j] * wt
+                total[0, 0, t:b, l:r] += wt
+    assert out is not None
+    return out / total
+
+
+# ---------------------------------------------------------------------------------------------
+# Global instance-norm statistics for tiles
+
+
+def uses_instance_statistics(module: nn.Module) -> bool:
+    """An InstanceNorm that normalises by the statistics of its input (not running ones)."""
+    return isinstance(module, nn.modules.instancenorm._InstanceNorm) and not (
+        module.track_running_stats and not module.training and module.running_mean is not None)
+
+
+class InstanceNormStats:
+    """Per-channel mean and variance each instance-norm layer saw on a (downscaled) whole image.
+
+    ``with stats.applied(generator): ...`` makes those layers normalise by these statistics instead
+    of their input's, so every tile is normalised as the whole image would be.
+    """
+
+    def __init__(self, stats: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]):
+        self.stats = stats
+
+    def __len__(self) -> int:
+        return len(self.stats)
+
+    @classmethod
+    def capture(cls, generator: nn.Module, image: torch.Tensor, *, size: int, multiple: int,
+                run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> InstanceNormStats:
+        """Run `generator` once on `image` (1xCxHxW) resized so its longer side is about `size`.
+
+        `run` calls the generator (device, autocast); by default it is called on the padded image.
+        """
+        layers = [m for m in generator.modules() if uses_instance_statistics(m)]
+        if not layers:
+            return cls({})
+        h, w = image.shape[-2:]
+        scale = min(1.0, size / max(h, w))
+        if scale < 1.0:
+            small = (max(1, round(h * scale)), max(1, round(w * scale)))
+            image = F.interpolate(image, size=small, mode="bilinear", align_corners=False, antialias=True)
+        image = pad_to_multiple(image, multiple)
+        found: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in layers}
+
+        def record(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach().float()
+            dims = tuple(range(2, x.ndim))
+            found[module].append((x.mean(dims), x.var(dims, unbiased=False)))
+
+        handles = [m.register_forward_pre_hook(record) for m in layers]
+        try:
+            with torch.inference_mode():
+                (run or generator)(image)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return cls({m: s for m, s in found.items() if s})
+
+    @contextlib.contextmanager
+    def applied(self, generator: nn.Module) -> Iterator[None]:
+        """Swap each recorded layer's forward for one that uses the recorded statistics; restored after."""
+        patched = []
+        for module, calls in self.stats.items():
+            if "forward" in module.__dict__:
+                raise RuntimeError(f"{type(module).__name__} already has an instance-level forward")
+            module.forward = types.MethodType(_fixed_statistics_forward(calls), module)
+            patched.append(module)
+        try:
+            yield
+        finally:
+            for module in patched:
+                del module.forward
+
+
+def _fixed_statistics_forward(calls: list[tuple[torch.Tensor, torch.Tensor]]):
+    """A forward replaying the recorded (mean, var) of each call, in call order (shared layers)."""
+    counter = [0]
+
+    def forward(self: nn.modules.instancenorm._InstanceNorm, x: torch.Tensor) -> torch.Tensor:
+        mean, var = calls[counter[0] % len(calls)]
+        counter[0] += 1
+        shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        mean = mean.to(x.device).reshape(shape)
+        inv = torch.rsqrt(var.to(x.device) + self.eps).reshape(shape)
+        y = (x.float() - mean) * inv
+        if self.affine:
+            y = y * self.weight.float().reshape(shape) + self.bias.float().reshape(shape)
+        return y.to(x.dtype)
+
+    return forward
+
+
+def check_tiling(tile: int | None, overlap: int | None, max_pixels: int | None, tile_norm: str) -> None:
+    """Reject options that cannot work, before any model is loaded."""
+    if tile is not None and tile < 16:
+        raise Img2ImgError(f"--tile {tile}: tiles must be at least 16 px")
+    if overlap is not None and overlap < 0:
+        raise Img2ImgError(f"--overlap {overlap}: must be >= 0")
+    if tile is not None and overlap is not None and overlap >= tile:
+        raise Img2ImgError(f"--overlap {overlap} must be smaller than --tile {tile}")
+    if max_pixels is not None and max_pixels < 1:
+        raise Img2ImgError(f"--max-pixels {max_pixels}: must be a positive pixel count")
+    if tile_norm not in ("global", "local"):
+        raise Img2ImgError(f"--tile-norm {tile_norm!r}: use 'global' (statistics of the whole image) or 'local'")
+
+
+def tile_plan(height: int, width: int, *, tile: int | None, overlap: int | None, max_pixels: int | None,
+              multiple: int) -> tuple[int, int] | None:
+    """(tile, overlap) when an image of this size is to be tiled, else None.
+
+    An explicit tile applies when the image exceeds it; `max_pixels` tiles anything larger (tile 512,
+    overlap 64 unless given).
+    """
+    if tile is not None and (height > tile or width > tile):
+        size = effective_tile(tile, multiple)
+        lap = DEFAULT_OVERLAP if overlap is None else overlap
+    elif max_pixels is not None and height * width > max_pixels:
+        size = effective_tile(tile if tile is not None else AUTO_TILE, multiple)
+        lap = AUTO_OVERLAP if overlap is None else overlap
+    else:
+        return None
+    return size, (lap if lap < size else size // 2)

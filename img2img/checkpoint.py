@@ -133,6 +133,8 @@ def check_components(ckpt: dict, path: Path) -> None:
 
 def component_origins(pipeline, registry) -> dict[str, dict]:
     """``"kind:name" -> {plugin, distribution, version}`` for every component a pipeline uses."""
+    from pydantic import BaseModel
+
     from img2img.config import ComponentSpec
 
     out = {}
@@ -145,7 +147,7 @@ def component_origins(pipeline, registry) -> dict[str, dict]:
             if isinstance(value, ComponentSpec):
                 c = registry.get(value.kind, value.name)
                 out[f"{c.kind}:{c.name}"] = {"plugin": c.plugin, "distribution": c.distribution, "version": c.version}
-            elif hasattr(value, "model_fields"):
+            elif isinstance(value, BaseModel):
                 walk(value)
 
     walk(pipeline)

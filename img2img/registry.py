@@ -84,10 +84,7 @@ def params_model(kind: str, name: str, factory: Callable[..., Any]) -> type[Base
         sig = inspect.signature(factory)
     except (TypeError, ValueError) as exc:
         raise ParamsProblem(f"{kind} '{name}': cannot read the factory's signature ({exc})") from exc
-    try:
-        hints = inspect.get_annotations(factory, eval_str=True)
-    except Exception as exc:
-        raise ParamsProblem(f"{kind} '{name}': cannot resolve the annotations ({exc})") from exc
+    hints = _parameter_annotations(kind, name, factory)
     fields: dict[str, Any] = {}
     for pname, p in sig.parameters.items():
         if pname in IO_PARAMS[kind] or pname == "self":
@@ -108,6 +105,31 @@ def params_model(kind: str, name: str, factory: Callable[..., Any]) -> type[Base
         raise ParamsProblem(f"{kind} '{name}': the factory must accept {', '.join(IO_PARAMS[kind])}")
     model_name = "".join(part.capitalize() for part in f"{kind}_{name}".replace("-", "_").split("_"))
     return create_model(model_name, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
+
+
+def _parameter_annotations(kind: str, name: str, factory: Callable[..., Any]) -> dict[str, Any]:
+    """Parameter annotations, resolving string ones (``from __future__ import annotations``).
+
+    The return annotation is ignored: it is not a parameter and may name a type imported locally.
+    """
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    raw = dict(inspect.get_annotations(target))
+    raw.pop("return", None)
+    if not any(isinstance(v, str) for v in raw.values()):
+        return raw
+    namespace = dict(getattr(target, "__globals__", {}))
+    try:
+        namespace.update(inspect.getclosurevars(target).nonlocals)
+    except (TypeError, ValueError):
+        pass
+    hints = {}
+    for pname, annotation in raw.items():
+        try:
+            hints[pname] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307
+        except Exception as exc:
+            raise ParamsProblem(f"{kind} '{name}': cannot resolve the annotation of '{pname}' "
+                                f"({annotation!r}: {exc})") from exc
+    return hints
 
 
 class Registry:

@@ -51,8 +51,11 @@ __all__ = [
 
 
 def padded_size(size: int, multiple: int) -> int:
-    """The smallest multiple of `multiple` that is >= size."""
-    return -(-size // multiple) * multiple
+    """The smallest multiple of `multiple` that is >= size.
+
+    Only non-negative operands: ONNX integer division truncates, so ``-(-a // b)`` would export wrong.
+    """
+    return (size + multiple - 1) // multiple * multiple
 
 
 def _pad_index(size, target, device: torch.device) -> torch.Tensor:

@@ -614,7 +614,10 @@ def _summarise(report: TranslateReport, out: Path, translator: Translator, conso
     n = len(report.written)
     console.print(f"[green]translated {n} image{'s' if n != 1 else ''}[/] in {report.seconds:.1f} s "
                   f"({report.images_per_s:.2f} images/s) with {translator.describe()} -> {out}", highlight=False)
-    _listing(console, "skipped", report.skipped, "yellow")
+    if report.skipped:
+        console.print(f"[yellow]skipped {len(report.skipped)} existing output(s)[/] (use --overwrite to replace "
+                      f"them): {', '.join(str(p) for p, _ in report.skipped[:3])}"
+                      f"{', ...' if len(report.skipped) > 3 else ''}", highlight=False)
     _listing(console, "ignored, not images", report.ignored, "yellow")
     _listing(console, "not translated", report.failed, "red")
 

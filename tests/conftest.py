@@ -132,3 +132,52 @@ def tiny_pix2pix(tmp_path) -> Path:
     path = tmp_path / "tiny-p2p.yaml"
     path.write_text(TINY_PIX2PIX.format(a=tmp_path / "inA", b=tmp_path / "inB"))
     return path
+
+
+TRANSLATE_PIPELINE = """\
+task: cyclegan
+name: tiny-translate
+seed: 0
+data:
+  a: {a}
+  b: {b}
+  num_workers: 0
+model:
+  generator: {{name: resnet_6blocks, ngf: 4}}
+  discriminator: {{name: patchgan, ndf: 8, n_layers: 2}}
+train:
+  max_steps: 2
+  batch_size: 2
+  sample_every: 2
+  checkpoint_every: 2
+"""
+
+
+@pytest.fixture(scope="session")
+def translate_run(tmp_path_factory) -> Path:
+    """A tiny cyclegan run (resnet_6blocks, ngf 4, 2 steps on 32 px images), trained once per session."""
+    import io
+
+    from rich.console import Console
+
+    from img2img.train import train
+
+    root = tmp_path_factory.mktemp("translate-run")
+    write_images(root / "a", 8, 32, seed=11, colour=(210, 110, 50))
+    write_images(root / "b", 8, 32, seed=12, colour=(50, 100, 210))
+    pipeline = root / "pipeline.yaml"
+    pipeline.write_text(TRANSLATE_PIPELINE.format(a=root / "a", b=root / "b"))
+    train(pipeline, out=root / "run", console=Console(file=io.StringIO()))
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def translate_onnx(translate_run, tmp_path_factory) -> Path:
+    """`translate_run`'s a2b generator exported to ONNX (with the parity check), once per session."""
+    import io
+
+    from rich.console import Console
+
+    from img2img.export import export
+
+    return export(translate_run, tmp_path_factory.mktemp("onnx") / "g.onnx", console=Console(file=io.StringIO()))

@@ -230,6 +230,7 @@ def test_broken_entry_point_is_isolated(fake_distribution):
 def test_strict_plugins_raise(fake_distribution, monkeypatch):
     fake_distribution("img2img-broken", "img2img_broken", "raise ImportError('nope')\n")
     monkeypatch.setenv("IMG2IMG_STRICT_PLUGINS", "1")
+    monkeypatch.setenv("IMG2IMG_LOAD_PLUGINS", "img2img-broken")
     with pytest.raises(img2img.errors.PluginError, match="nope"):
         plugins.get_plugin_manager()
 

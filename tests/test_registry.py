@@ -44,8 +44,12 @@ def test_every_discriminator_builds_and_runs(name):
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("name", REGISTRY.names("loss"))
-def test_every_loss_builds_and_gives_a_scalar(name):
+BUILTIN_LOSSES = [c.name for c in REGISTRY.all("loss") if c.distribution == "img2img-pipeline"]
+
+
+@pytest.mark.parametrize("name", BUILTIN_LOSSES)
+def test_every_builtin_loss_builds_and_gives_a_scalar(name):
+    """Plugin losses may take other inputs (e.g. features); the image losses here take images."""
     loss = REGISTRY.build("loss", name)
     a, b = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     if isinstance(loss, img2img.AdversarialLoss):

@@ -1,0 +1,122 @@
+"""Helpers shared by the benchmark scripts: building a real task from a pipeline, timing, output.
+
+Every benchmark prints exactly one JSON object as its last stdout line (progress goes to stderr),
+so a script or CI job can read the result with ``tail -n 1 | python -m json.tool``.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_STEP = REPO.parent / "shared/bench/reference_step.py"
+PEAK = REPO.parent / "shared/bench/peak.py"
+
+
+def log(*parts: Any) -> None:
+    """Progress for a human, on stderr so that stdout's last line stays the JSON result."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident set size in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"seconds_per_step": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall seconds of one call, with the device's queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return device
+
+
+def pipeline_dict(task: str, size: int, batch: int, precision: str, channels_last: bool,
+                  compile: bool, data_root: Path) -> dict[str, Any]:
+    """The pipeline of the reference's default recipe for `task`, as a user would write it."""
+    generator = {"name": "resnet_9blocks", "ngf": 64}
+    train = {"batch_size": batch, "precision": precision, "channels_last": channels_last, "compile": compile}
+    data = {"a": str(data_root / "a"), "b": str(data_root / "b"),
+            "transforms": [{"RandomCrop": {"height": size, "width": size}}]}
+    if task == "cyclegan":
+        return {"task": "cyclegan", "name": "bench", "data": data,
+                "model": {"generator": generator, "discriminator": {"name": "patchgan", "ndf": 64, "n_layers": 3}},
+                "losses": {"adversarial": {"name": "lsgan"}, "cycle": {"name": "l1", "weight": 10.0},
+                           "identity": {"name": "l1", "weight": 5.0}},
+                "train": {**train, "pool_size": 50}}
+    if task == "pix2pix":
+        # the reference step's pix2pix: the same ResNet generator, a conditional instance-norm
+        # PatchGAN, LSGAN and L1 weight 100 (the engine is compared, not U-Net against ResNet)
+        return {"task": "pix2pix", "name": "bench", "data": data,
+                "model": {"generator": generator,
+                          "discriminator": {"name": "patchgan", "ndf": 64, "n_layers": 3, "norm": "instance"}},
+                "losses": {"adversarial": {"name": "lsgan"}, "reconstruction": {"name": "l1", "weight": 100.0}},
+                "train": train}
+    if task == "cut":
+        return {"task": "cut", "name": "bench", "data": data,
+                "model": {"generator": generator, "discriminator": {"name": "patchgan", "ndf": 64, "n_layers": 3}},
+                "train": train}
+    raise SystemExit(f"unknown task {task!r}; expected cyclegan, pix2pix or cut")
+
+
+def build_task(task: str, *, size: int, batch: int, precision: str, channels_last: bool, compile: bool,
+               device: torch.device, data_root: Path, seed: int = 0):
+    """The real task, built through the registry from a validated pipeline, as `img2img train` does.
+
+    ``compile`` wraps every network in `torch.compile`, as the training loop does for ``train.compile``.
+    """
+    from img2img.config import validate_pipeline
+    from img2img.registry import get_registry
+    from img2img.tasks.base import Precision
+
+    registry = get_registry()
+    if not registry.has("task", task):
+        hint = " (install it with: pip install -e plugins/img2img-cut)" if task == "cut" else ""
+        raise SystemExit(f"task '{task}' is not registered{hint}; known: {', '.join(registry.names('task'))}")
+    pipeline = validate_pipeline(pipeline_dict(task, size, batch, precision, channels_last, compile, data_root))
+    torch.manual_seed(seed)
+    task_cls = registry.get("task", task).factory
+    built = task_cls(pipeline, device=device, precision=Precision(precision, device), registry=registry)
+    if compile:
+        for name in list(built.nets.keys()):
+            built.nets[name] = torch.compile(built.nets[name])
+    return built
+
+
+def random_batch(task, size: int, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch in [-1, 1] with the channels the task's pipeline declares."""
+    gen = torch.Generator().manual_seed(seed)
+    ch = task.pipeline.data.channels
+    return {"a": torch.rand(batch, ch.a, size, size, generator=gen) * 2 - 1,
+            "b": torch.rand(batch, ch.b, size, size, generator=gen) * 2 - 1}

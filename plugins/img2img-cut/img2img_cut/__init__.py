@@ -1,0 +1,26 @@
+"""img2img-cut: the ``cut`` task (CUT and FastCUT, Park et al. 2020) and the ``patchnce`` loss.
+
+Installed, it is found through the entry-point group ``img2img`` like any third-party plugin::
+
+    pip install img2img-cut
+    img2img train pipelines/demo-cut.yaml
+"""
+from img2img import hookimpl
+
+from img2img_cut.patchnce import PatchNCELoss, ProjectionHeads, patchnce, sample_patch_ids
+from img2img_cut.task import CUT, CUTPipeline, RESNET_NCE_LAYERS
+
+__version__ = "0.1.0"
+
+__all__ = ["CUT", "CUTPipeline", "PatchNCELoss", "ProjectionHeads", "RESNET_NCE_LAYERS", "patchnce",
+           "sample_patch_ids", "__version__"]
+
+
+@hookimpl
+def register_tasks(register):
+    register("cut", CUT)
+
+
+@hookimpl
+def register_losses(register):
+    register("patchnce", patchnce)

@@ -94,7 +94,8 @@ def build_task(task: str, *, size: int, batch: int, precision: str, channels_las
                device: torch.device, data_root: Path, seed: int = 0):
     """The real task, built through the registry from a validated pipeline, as `img2img train` does.
 
-    ``compile`` wraps every network in `torch.compile`, as the training loop does for ``train.compile``.
+    Its networks stay eager even when ``compile`` is set (so that FLOPs can be counted first);
+    `compile_nets` then wraps them as the training loop does for ``train.compile``.
     """
     from img2img.config import validate_pipeline
     from img2img.registry import get_registry
@@ -107,11 +108,13 @@ def build_task(task: str, *, size: int, batch: int, precision: str, channels_las
     pipeline = validate_pipeline(pipeline_dict(task, size, batch, precision, channels_last, compile, data_root))
     torch.manual_seed(seed)
     task_cls = registry.get("task", task).factory
-    built = task_cls(pipeline, device=device, precision=Precision(precision, device), registry=registry)
-    if compile:
-        for name in list(built.nets.keys()):
-            built.nets[name] = torch.compile(built.nets[name])
-    return built
+    return task_cls(pipeline, device=device, precision=Precision(precision, device), registry=registry)
+
+
+def compile_nets(task) -> None:
+    """Wrap every network of `task` in `torch.compile`, as the training loop does for ``train.compile``."""
+    for name in list(task.nets.keys()):
+        task.nets[name] = torch.compile(task.nets[name])
 
 
 def random_batch(task, size: int, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -196,20 +196,24 @@ class TrainingStopped(Exception):
 class Trainer:
     pipeline: PipelineBase
     run: RunFolder
+    dist: Dist = field(default_factory=Dist)
+    device: torch.device | None = None
     console: Console = field(default_factory=Console)
     resume_from: dict | None = None
 
     def __post_init__(self) -> None:
         self.train = self.pipeline.train
-        timeout = float(os.environ.get("IMG2IMG_DIST_TIMEOUT", "300"))
-        self.dist, self.device = setup_distributed(self.train.device, timeout)
+        if self.device is None:
+            self.device = pick_device(self.train.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         registry = get_registry()
         task_cls = registry.get("task", self.pipeline.task).factory
-        torch.manual_seed(self.pipeline.seed + self.dist.rank)
+        torch.manual_seed(self.pipeline.seed)  # identical initial weights on every rank
         self.task: Task = task_cls(self.pipeline, device=self.device,
                                    precision=Precision(self.train.precision, self.device), registry=registry)
+        if self.dist.enabled:  # each rank its own dropout noise
+            torch.manual_seed(self.pipeline.seed + 1000 * self.dist.rank)
         self.data = self._make_data(task_cls)
         self.origins = ckpt_io.component_origins(self.pipeline, registry)
         self.ema: dict[str, nn.Module] = {}
@@ -266,7 +270,7 @@ class Trainer:
                     net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
                 if any(p.requires_grad for p in net.parameters()):
                     ids = [self.device.index] if self.device.type == "cuda" else None
-                    net = DDP(net, device_ids=ids, broadcast_buffers=False)
+                    net = DDP(net, device_ids=ids)
                 nets[name] = net
         if self.train.compile:
             for name in list(nets.keys()):
@@ -283,6 +287,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
+            "world_size": self.dist.world,
             "nets": {k: unwrap(v).state_dict() for k, v in self.task.nets.items()},
             "generators": {d: self._net_key(d) for d in self.task.directions},
             "optimizers": {k: o.state_dict() for k, o in self.task.optimizers.items()},
@@ -313,6 +318,9 @@ class Trainer:
                 self.ema[d].load_state_dict(state)
         self.task.load_extra_state(ckpt.get("extra") or {})
         self.step, self.epoch, self.step_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.dist.world:  # same images consumed, counted in this job's steps
+            self.step_in_epoch = self.step_in_epoch * saved_world // self.dist.world
         window = ckpt.get("window") or {}
         self.window = {k: v.to(self.device) for k, v in (window.get("sums") or {}).items()}
         self.window_count = window.get("count", 0)
@@ -425,6 +433,7 @@ class Trainer:
         steps_per_epoch = self.data.steps_per_epoch
         total = total_steps(train, steps_per_epoch)
         self.fixed_batch = self.data.fixed_batch(train.samples)
+        self._check_sizes()
         self.tb = self._tensorboard() if self.dist.main else None
         self.validator = Validator.create(self) if self.dist.main else None
         if self.dist.main:
@@ -473,8 +482,9 @@ class Trainer:
                         self.write_samples()
                     if self.step % train.checkpoint_every == 0 or self.step == total:
                         self.save_checkpoint(periodic=self.step % train.checkpoint_every == 0)
-                    if stopper.signum is not None:
-                        self._stop(stopper.signum)
+                    signum = self._agreed_signal(stopper.signum)
+                    if signum is not None:
+                        self._stop(signum)
                     if self.step >= total:
                         break
                     tick = time.perf_counter()
@@ -489,6 +499,28 @@ class Trainer:
             self.tb.close()
         self.dist.barrier()
         return self.run.last
+
+    def _agreed_signal(self, signum: int | None) -> int | None:
+        """Under torchrun every rank stops after the same step: the highest signal seen wins."""
+        if not self.dist.enabled:
+            return signum
+        flag = torch.tensor([signum or 0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        value = int(flag.item())
+        return value or None
+
+    def _check_sizes(self) -> None:
+        """Images that the generators cannot take: say so before the first step, not mid-forward."""
+        h, w = self.fixed_batch["a"].shape[-2:]
+        for d in self.task.directions:
+            multiple = int(getattr(self.task.generator(d), "size_multiple", 1))
+            if h % multiple or w % multiple:
+                spec = getattr(getattr(self.pipeline, "model", None), "generator", None)
+                name = f"'{spec.name}' " if spec is not None else ""
+                raise Img2ImgError(
+                    f"training images come out of data.transforms at {w}x{h}, but the generator {name}needs "
+                    f"multiples of {multiple}; add a stage such as RandomCrop: {{height: {max(multiple, h // multiple * multiple)}, "
+                    f"width: {max(multiple, w // multiple * multiple)}}} (or Resize) to data.transforms")
 
     def _stop(self, signum: int) -> None:
         self.save_checkpoint(periodic=False)
@@ -619,18 +651,31 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
         pipeline = validate_pipeline(raw, source=f"{ckpt_path} (+ --set)")
         if pipeline_path is not None:
             _warn_if_changed(console, load_pipeline(pipeline_path), pipeline, pipeline_path)
-        run = prepare_run_folder(run_root, resume=True, overwrite=False)
+        run = RunFolder(run_root)
     else:
         if pipeline_path is None:
             raise Img2ImgError("give a pipeline file, or --resume RUN_DIR")
         pipeline = load_pipeline(pipeline_path, overrides)
-        _ensure_synth(pipeline, console)
-        run = prepare_run_folder(Path(out) if out else Path("runs") / pipeline.name, resume=False,
-                                 overwrite=overwrite)
-    trainer = Trainer(pipeline, run, console=console, resume_from=resume_state)
+        run = RunFolder(Path(out) if out else Path("runs") / pipeline.name)
+    timeout = float(os.environ.get("IMG2IMG_DIST_TIMEOUT", "300"))
+    dist, device = setup_distributed(pipeline.train.device, timeout)
+    try:
+        if dist.main and resume_state is None:  # only rank 0 touches the run folder and the demo data
+            _ensure_synth(pipeline, console)
+            run = prepare_run_folder(run.root, resume=False, overwrite=overwrite)
+        dist.barrier()
+        return _fit(pipeline, run, dist, device, console, resume_state)
+    finally:
+        if dist.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _fit(pipeline, run, dist, device, console, resume_state) -> Path:
+    trainer = Trainer(pipeline, run, dist=dist, device=device, console=console, resume_from=resume_state)
     if trainer.dist.main:
         where = f"resuming at step {trainer.step}" if resume_state else "starting"
-        console.print(f"[bold]{pipeline.task}[/] {pipeline.name}: {where} on {trainer.device} "
+        ranks = f" x {dist.world} processes" if dist.enabled else ""
+        console.print(f"[bold]{pipeline.task}[/] {pipeline.name}: {where} on {trainer.device}{ranks} "
                       f"({trainer.data.steps_per_epoch} steps/epoch, "
                       f"{total_steps(pipeline.train, trainer.data.steps_per_epoch)} steps) -> {run.root}")
     trainer.fit()

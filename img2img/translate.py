@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -100,27 +101,35 @@ class _TorchBackend:
 
     kind = "torch"
 
-    def __init__(self, loaded: LoadedGenerator, device: str = "auto", precision: str = "fp32"):
+    def __init__(self, module: nn.Module, *, in_channels: int, out_channels: int, size_multiple: int,
+                 direction: str, device: str = "auto", precision: str = "fp32", label: str = "",
+                 source: Path | None = None):
         if precision not in PRECISIONS:
             raise Img2ImgError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-        self.loaded = loaded
         self.device = select_device(device)
         self.precision = precision
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.module = loaded.module.eval().to(self.device)
-        self.adapter = SizeAdapter(self.module, loaded.size_multiple)
-        self.in_channels = loaded.in_channels
-        self.out_channels = loaded.out_channels
-        self.size_multiple = loaded.size_multiple
-        self.direction = loaded.direction
-        self.source = loaded.checkpoint
+        self.module = module.eval().to(self.device)
+        self.adapter = SizeAdapter(self.module, size_multiple)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.size_multiple = size_multiple
+        self.direction = direction
+        self.label = label
+        self.source = source
         self.notes: list[str] = []
 
+    @classmethod
+    def from_loaded(cls, loaded: LoadedGenerator, device: str, precision: str) -> _TorchBackend:
+        gen = getattr(getattr(loaded.pipeline, "model", None), "generator", None)
+        label = f"{gen.name} " if gen is not None else ""
+        return cls(loaded.module, in_channels=loaded.in_channels, out_channels=loaded.out_channels,
+                   size_multiple=loaded.size_multiple, direction=loaded.direction, device=device,
+                   precision=precision, label=label + loaded.direction + (", EMA" if loaded.ema else ""),
+                   source=loaded.checkpoint)
+
     def describe(self) -> str:
-        gen = getattr(self.loaded.pipeline.model, "generator", None)
-        name = f"{gen.name} " if gen is not None else ""
-        ema = ", EMA" if self.loaded.ema else ""
-        return f"{name}{self.direction}{ema} (torch, {self.device}, {self.precision})"
+        return f"{self.label or self.direction} (torch, {self.device}, {self.precision})"
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
@@ -346,12 +355,23 @@ class Translator:
             from img2img.export import load_safetensors_generator
 
             loaded = load_safetensors_generator(path)
-            backend = _TorchBackend(loaded, device, precision)
+            backend = _TorchBackend.from_loaded(loaded, device, precision)
             if direction != loaded.direction:
                 backend.notes.append(f"{path.name} translates {loaded.direction}; --direction {direction} "
                                      "does not apply to an exported file")
         else:
-            backend = _TorchBackend(load_generator(path, direction, use_ema=use_ema), device, precision)
+            backend = _TorchBackend.from_loaded(load_generator(path, direction, use_ema=use_ema), device, precision)
+        return cls(backend, **options)
+
+    @classmethod
+    def from_module(cls, module: nn.Module, *, in_channels: int = 3, out_channels: int = 3,
+                    size_multiple: int | None = None, direction: str = "a2b", device: str = "auto",
+                    precision: str = "fp32", **options: Any) -> Translator:
+        """From a generator module (NCHW [-1, 1] in and out); its `size_multiple` attribute is used if present."""
+        multiple = int(size_multiple if size_multiple is not None else getattr(module, "size_multiple", 1))
+        backend = _TorchBackend(module, in_channels=in_channels, out_channels=out_channels, size_multiple=multiple,
+                                direction=direction, device=device, precision=precision,
+                                label=f"{type(module).__name__} {direction}")
         return cls(backend, **options)
 
     @classmethod

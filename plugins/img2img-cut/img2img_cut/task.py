@@ -56,7 +56,7 @@ class NCEConfig(StrictModel):
     @classmethod
     def _distinct(cls, layers: list[int]) -> list[int]:
         if len(set(layers)) != len(layers):
-            raise ValueError(f"layers must be distinct, got {layers}")
+            raise ValueError("must be distinct")
         return layers
 
 
@@ -130,7 +130,7 @@ class CUT(Task):
         try:
             _probe_features(net, ch.a, pipeline.nce.layers, torch.device("meta"))
         except (ValueError, IndexError) as exc:
-            problems.append(("nce.layers", f"{exc} (generator '{spec.name}')"))
+            problems.append(("nce.layers", f"{exc} (generator '{spec.name}'); set nce.layers to its encoder layers"))
         except (NotImplementedError, RuntimeError):
             pass  # the generator cannot run on the meta device; its layers are checked when training starts
         return problems

@@ -1,8 +1,14 @@
 """Seconds per training step of a real task (built through the registry from a pipeline).
 
-Times ``task.train_step(batch)`` on random images in [-1, 1] and, with ``--vs-reference``, the
-reference-equivalent plain step (shared/bench/reference_step.py) in a subprocess of the same run
-with the same thread count, so that the result is a ratio that does not depend on the machine.
+Times ``task.train_step(batch)`` on random images in [-1, 1]. With ``--vs-reference`` it also
+times the reference-equivalent plain step (shared/bench/reference_step.py) in the same run and
+reports ratios, which do not depend on the machine:
+
+- time: the reference's step is loaded into this process and the two steps alternate one by one
+  (the order flipping every pair), so a change in the machine's load hits both alike; same threads.
+- memory: the reference script runs once in a child process (one warm-up step, one counted step)
+  that reports its own peak RSS; ours is taken before the reference is loaded.
+
 The last stdout line is one JSON object; progress goes to stderr.
 
     python benchmarks/train_step.py --task cyclegan --size 256 --steps 3 --vs-reference
@@ -11,13 +17,16 @@ The last stdout line is one JSON object; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import random
 import re
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -25,7 +34,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (REFERENCE_STEP, build_task, compile_nets, emit, log, peak_rss_mb,  # noqa: E402
                     pick_device, random_batch, summary, timed)
 
-REFERENCE_MODEL = {"cyclegan": "cyclegan", "pix2pix": "pix2pix"}
+REFERENCE_MODELS = ("cyclegan", "pix2pix")
+
+# Runs the reference script as __main__, then prints its own peak RSS. A child's ru_maxrss (and so
+# RUSAGE_CHILDREN) starts from the parent's RSS at fork, so the child reads VmHWM, which exec resets.
+RSS_WRAPPER = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+with open("/proc/self/status") as fh:
+    print("peak_rss_kb", next(line.split()[1] for line in fh if line.startswith("VmHWM")))
+"""
 
 
 def count_flops(task, batch: dict[str, torch.Tensor]) -> int:
@@ -37,23 +56,31 @@ def count_flops(task, batch: dict[str, torch.Tensor]) -> int:
     return int(counter.get_total_flops())
 
 
-def run_reference(path: Path, model: str, size: int, batch: int, steps: int, threads: int) -> dict[str, float]:
-    """Run the reference step in a child process; returns its median / min / max seconds and FLOPs."""
+def reference_in_child(path: Path, model: str, size: int, batch: int, threads: int) -> dict[str, float]:
+    """One run of the reference script in a child process: its peak RSS, FLOPs and step seconds."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, str(path), "--model", model, "--size", str(size), "--batch", str(batch),
-           "--steps", str(steps), "--flops"]
-    log(f"reference: {' '.join(cmd[1:])}")
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    args = [str(path), "--model", model, "--size", str(size), "--batch", str(batch), "--steps", "1", "--flops"]
+    log(f"reference in a child process, for its memory: {' '.join(args)}")
+    done = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the reference step failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    timing = re.search(r"seconds_per_step ([\d.]+) \(min ([\d.]+) max ([\d.]+)\)", done.stdout)
+    timing = re.search(r"seconds_per_step ([\d.]+)", done.stdout)
     flops = re.search(r"flops_per_step ([\d.eE+]+)", done.stdout)
-    if timing is None:
+    rss = re.search(r"peak_rss_kb (\d+)", done.stdout)
+    if timing is None or rss is None:
         raise SystemExit(f"cannot read the reference step's output:\n{done.stdout[-2000:]}")
-    out = {"seconds_per_step": float(timing[1]), "min": float(timing[2]), "max": float(timing[3])}
-    if flops is not None:
-        out["flops_per_step"] = float(flops[1])
-    return out
+    return {"seconds": float(timing[1]), "flops": float(flops[1]) if flops else None,
+            "peak_rss_mb": int(rss[1]) / 1024}
+
+
+def reference_step(path: Path, model: str, size: int, batch: int) -> Callable[[], None]:
+    """The reference's step function, built in this process exactly as its main() builds it."""
+    spec = importlib.util.spec_from_file_location("reference_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    random.seed(0)
+    return getattr(module, model)(size, batch)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,10 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed", "fp16-mixed"])
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile every network, as train.compile does")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps (per round)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps (of each, with --vs-reference)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before timing (compilation happens here)")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="with --vs-reference: alternate ours and the reference this many times (less noise)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one step less)")
@@ -80,9 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     if args.vs_reference:
-        if args.task not in REFERENCE_MODEL:
+        if args.task not in REFERENCE_MODELS:
             raise SystemExit(f"--vs-reference: the reference step has no {args.task} model; "
-                             f"it has {', '.join(REFERENCE_MODEL)}")
+                             f"it has {', '.join(REFERENCE_MODELS)}")
         if device.type != "cpu":
             raise SystemExit("--vs-reference: the reference step runs on the CPU only; use --device cpu")
         if not args.reference.is_file():
@@ -93,55 +118,56 @@ def main(argv: list[str] | None = None) -> dict:
                           channels_last=args.channels_last, compile=args.compile, device=device,
                           data_root=Path(data_root))
     batch = random_batch(task, args.size, args.batch)
+    ours_step = lambda: task.train_step(batch)  # noqa: E731
     flops = None
     if not args.no_flops:
         log("counting FLOPs over one step")
         flops = count_flops(task, batch)
     if args.compile:
         compile_nets(task)
-    for i in range(args.warmup):
-        log(f"warm-up step {i + 1}/{args.warmup}: {timed(lambda: task.train_step(batch), device):.3f} s")
+    for i in range(max(args.warmup, 1 if flops is None else 0)):  # at least one full step before RSS is read
+        log(f"warm-up step {i + 1}: {timed(ours_step, device):.3f} s")
+    rss = peak_rss_mb()
 
     ours: list[float] = []
-    reference: list[dict[str, float]] = []
-    for r in range(max(1, args.rounds) if args.vs_reference else 1):
-        if args.vs_reference and r % 2 == 1:  # alternate who goes first, so drift hits both alike
-            reference.append(run_reference(args.reference, REFERENCE_MODEL[args.task], args.size, args.batch,
-                                           args.steps, threads))
+    theirs: list[float] = []
+    if not args.vs_reference:
         for i in range(args.steps):
-            ours.append(timed(lambda: task.train_step(batch), device))
-            log(f"round {r + 1} step {i + 1}/{args.steps}: {ours[-1]:.3f} s")
-        if args.vs_reference and r % 2 == 0:
-            reference.append(run_reference(args.reference, REFERENCE_MODEL[args.task], args.size, args.batch,
-                                           args.steps, threads))
-        if reference:
-            log(f"reference round {r + 1}: {reference[-1]['seconds_per_step']:.3f} s/step")
+            ours.append(timed(ours_step, device))
+            log(f"step {i + 1}/{args.steps}: {ours[-1]:.3f} s")
+    else:
+        child = reference_in_child(args.reference, args.task, args.size, args.batch, threads)
+        ref_step = reference_step(args.reference, args.task, args.size, args.batch)
+        log(f"reference warm-up step: {timed(ref_step, device):.3f} s")
+        for i in range(args.steps):
+            pair = [("ours", ours_step, ours), ("reference", ref_step, theirs)]
+            for name, fn, times in pair if i % 2 == 0 else pair[::-1]:
+                times.append(timed(fn, device))
+                log(f"{name} step {i + 1}/{args.steps}: {times[-1]:.3f} s")
 
     result = summary(ours)
     result["images_per_s"] = args.batch / result["seconds_per_step"]
-    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result["peak_rss_mb"] = round(rss, 1)
     result["flops_per_step"] = flops
     if flops is not None:
         result["gflops_per_s"] = round(flops / result["seconds_per_step"] / 1e9, 1)
     result |= {"task": args.task, "size": args.size, "batch": args.batch, "precision": args.precision,
                "channels_last": args.channels_last, "compile": args.compile, "threads": threads,
-               "device": str(device), "steps": len(ours), "rounds": len(reference) or 1}
+               "device": str(device), "steps": len(ours)}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
         result["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    if reference:
-        medians = sorted(r["seconds_per_step"] for r in reference)
-        ref_seconds = medians[len(medians) // 2] if len(medians) % 2 else sum(medians[len(medians) // 2 - 1:
-                                                                                      len(medians) // 2 + 1]) / 2
-        ref_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if theirs:
+        ref = summary(theirs)
         result |= {
-            "reference_seconds_per_step": ref_seconds,
-            "reference_min": min(r["min"] for r in reference),
-            "reference_max": max(r["max"] for r in reference),
-            "ratio_to_reference": round(result["seconds_per_step"] / ref_seconds, 3),
-            "reference_peak_rss_mb": round(ref_rss, 1),
-            "rss_ratio_to_reference": round(result["peak_rss_mb"] / ref_rss, 3),
-            "reference_flops_per_step": reference[0].get("flops_per_step"),
+            "reference_seconds_per_step": ref["seconds_per_step"],
+            "reference_min": ref["min"],
+            "reference_max": ref["max"],
+            "ratio_to_reference": round(result["seconds_per_step"] / ref["seconds_per_step"], 3),
+            "pairwise_ratio_median": round(statistics.median(o / t for o, t in zip(ours, theirs)), 3),
+            "reference_peak_rss_mb": round(child["peak_rss_mb"], 1),
+            "rss_ratio_to_reference": round(rss / child["peak_rss_mb"], 3),
+            "reference_flops_per_step": child["flops"],
         }
     emit(result)
     return result

@@ -6,11 +6,13 @@ component and every piece of state, so translate and export need nothing else.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
 import os
 import pickle
 import random
+import re
+import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +28,97 @@ FORMAT = 1
 def atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A crash, Ctrl-C or a full disk leaves the previous file intact.
+    A crash, Ctrl-C, ``kill -9`` or a full disk leaves the previous file intact; a file system
+    error (disk full, permission denied, read-only) is an `Img2ImgError` that says so.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
+    writer: _RecordingWriter | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            writer = _RecordingWriter(fh)
+            torch.save(obj, writer)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            kept = f"the previous {path.name} is intact" if path.exists() else "no earlier checkpoint existed"
-            raise Img2ImgError(f"disk full while writing {path}; {kept}. Free space and resume.") from None
-        raise
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        # torch's zip writer turns the OSError of a failed write into a RuntimeError; the writer kept it
+        cause = exc if isinstance(exc, OSError) else writer.error if writer is not None else None
+        if cause is None or not isinstance(exc, (OSError, RuntimeError)):
+            raise
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise Img2ImgError(f"disk full while writing {path}; {kept}. Free some space, then continue with "
+                               "--resume.") from None
+        raise Img2ImgError(f"cannot write {path}: {cause.strerror or cause}; {kept}. Fix the folder's "
+                           "permissions or free space, then continue with --resume.") from None
     _fsync_dir(path.parent)
+
+
+class _RecordingWriter:
+    """The file object torch.save writes to; remembers the OSError that torch would report only as a
+    RuntimeError ("unexpected pos ..."), so a full disk can be named as such."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _mode_for(path: Path) -> int:
+    """Keep an existing file's permissions; a new one gets what open() would give (0o666 less the umask).
+
+    mkstemp creates files readable by their owner only, which would hide checkpoints from a group.
+    """
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no portable way to read it without setting it
+    os.umask(mask)
+    return mask
+
+
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that a killed `atomic_save` left behind (``.NAME.*.tmp``).
+
+    Only the process that owns a run folder may call this: another writer's file in progress would go too.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -69,6 +141,10 @@ def find_checkpoint(path: Path, name: str = "last.pt") -> Path:
         for candidate in (path / "checkpoints" / name, path / name):
             if candidate.is_file():
                 return candidate
+        if (path / "pipeline.yaml").is_file():
+            raise Img2ImgError(f"the run in {path} stopped before its first checkpoint, so there is nothing to "
+                               f"continue; start it again with `img2img train {path / 'pipeline.yaml'} --out {path} "
+                               "--overwrite`")
         raise Img2ImgError(f"{path} holds no checkpoints/{name}; point at a run folder written by "
                            "`img2img train` or at a .pt file")
     if not path.exists():
@@ -76,30 +152,75 @@ def find_checkpoint(path: Path, name: str = "last.pt") -> Path:
     return path
 
 
+# top-level entries every img2img checkpoint has, with their types
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "pipeline": dict, "nets": dict, "generators": dict, "step": int, "epoch": int, "step_in_epoch": int,
+    "optimizers": dict, "rng": dict,
+}
+
+
 def load_checkpoint(path: Path, *, check_plugins: bool = True) -> dict:
-    """Load with ``weights_only=True``: a file carrying pickled objects is refused, its code never runs."""
+    """Load with ``weights_only=True``: a file carrying pickled objects is refused, its code never runs.
+
+    Every way a file can fail to be an img2img checkpoint (empty, truncated, another program's,
+    written by a newer img2img, made with plugins not installed here) is an `Img2ImgError`.
+    """
     path = find_checkpoint(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise Img2ImgError(f"cannot read {path} ({exc.strerror or exc})") from None
+    if size == 0:
+        raise Img2ImgError(f"{path} is empty (0 bytes), not a checkpoint; it may have been cut off while being "
+                           "copied. Use another checkpoint (checkpoints/step-N.pt) or copy it again")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise Img2ImgError(
-            f"refused to load {path}: it contains pickled Python objects that only a full unpickle could "
-            f"restore, and unpickling can run arbitrary code. img2img checkpoints hold tensors only. "
-            f"({str(exc).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise Img2ImgError(f"{path} is not a readable img2img checkpoint ({str(exc).splitlines()[0]}); "
+        raise _refused(path, exc) from None
+    except Exception as exc:  # the zip and pickle readers fail in many ways on a damaged file
+        detail = _first_line(exc).split(". ")[0] if isinstance(exc, (RuntimeError, OSError, ValueError)) \
+            else "not a PyTorch file"
+        raise Img2ImgError(f"{path} is not a readable img2img checkpoint ({detail}); "
                            "it may be truncated or of another program") from None
     if not isinstance(ckpt, dict) or "pipeline" not in ckpt or "nets" not in ckpt:
         raise Img2ImgError(f"{path} is not an img2img checkpoint (no pipeline/nets inside)")
     made_by = str(ckpt.get("img2img_version", "0"))
-    if _version_tuple(made_by) > _version_tuple(__version__) or ckpt.get("format", 1) > FORMAT:
-        raise Img2ImgError(f"{path} was written by img2img {made_by}, newer than this img2img {__version__}; "
-                           "upgrade with `pip install -U img2img-pipeline`")
+    fmt = ckpt.get("format", 1)
+    if _version_tuple(made_by) > _version_tuple(__version__) or not isinstance(fmt, int) or fmt > FORMAT:
+        raise Img2ImgError(f"{path} was written by img2img {made_by} (checkpoint format {fmt}), newer than this "
+                           f"img2img {__version__}; upgrade with `pip install -U img2img-pipeline`")
+    wrong = [f"{key} (expected {_type_name(kind)})" for key, kind in _REQUIRED.items()
+             if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool)]
+    if wrong:
+        raise Img2ImgError(f"{path} is damaged or not an img2img checkpoint: missing or wrong {', '.join(wrong)}")
     if check_plugins:
         check_components(ckpt, path)
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _refused(path: Path, exc: pickle.UnpicklingError) -> Img2ImgError:
+    """The message for a file the weights-only unpickler would not build; nothing in it was run."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if found:
+        what = f"a pickled Python object ({found.group(1)})"
+    else:
+        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line), "")
+        what = f"pickled data that is not plain tensors{f' ({detail})' if detail else ''}"
+    return Img2ImgError(
+        f"refused to load {path}: it carries {what}. Building it would need a full unpickle, which can run "
+        "arbitrary code, so img2img never does that and nothing in the file was run. img2img checkpoints hold "
+        "only tensors and plain values: use one written by `img2img train`, and only files you trust.")
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -111,24 +232,34 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def check_components(ckpt: dict, path: Path) -> None:
-    """Every component the checkpoint was made with must be registered now."""
+    """Every component the checkpoint was made with must be registered now.
+
+    The message names the distribution and version that provided each missing one, so the fix is
+    one ``pip install``.
+    """
     from img2img.registry import get_registry
 
     registry = get_registry()
-    missing = []
-    for key, origin in (ckpt.get("plugins") or {}).items():
-        kind, _, name = key.partition(":")
-        if kind in ("generator", "discriminator", "loss", "task") and not registry.has(kind, name):
-            dist = origin.get("distribution") or "an unknown distribution"
-            version = origin.get("version")
-            missing.append(f"{kind} '{name}' from {dist}{' ' + version if version else ''}")
+    origins = ckpt.get("plugins") or {}
+    if not isinstance(origins, dict):
+        raise Img2ImgError(f"{path} is damaged: its plugin record is a {type(origins).__name__}, not a mapping")
+    missing, installs = [], []
+    for key, origin in origins.items():
+        kind, _, name = str(key).partition(":")
+        if kind not in ("generator", "discriminator", "loss", "task") or registry.has(kind, name):
+            continue
+        origin = origin if isinstance(origin, dict) else {}
+        dist, version = origin.get("distribution"), origin.get("version")
+        made_by = f"{dist or 'an unknown distribution'}{' ' + str(version) if version else ''}"
+        missing.append(f"{kind} '{name}' from {made_by}")
+        if dist:
+            spec = f"{dist}=={version}" if version else str(dist)
+            if spec not in installs:
+                installs.append(spec)
     if missing:
-        dists = sorted({(o.get("distribution"), o.get("version")) for k, o in ckpt["plugins"].items()
-                        if not registry.has(k.partition(":")[0], k.partition(":")[2])
-                        and k.partition(":")[0] in ("generator", "discriminator", "loss", "task")})
-        install = " ".join(f"{d}=={v}" if v else str(d) for d, v in dists if d)
+        how = f"pip install {' '.join(sorted(installs))}" if installs else "install the plugins that provide them"
         raise Img2ImgError(f"{path} needs plugins that are not installed: {'; '.join(missing)}. "
-                           f"Install them (pip install {install}) and try again.")
+                           f"Install them ({how}) and try again.")
 
 
 def component_origins(pipeline, registry) -> dict[str, dict]:
@@ -208,27 +339,34 @@ def load_generator(path: Path, direction: str = "a2b", *, use_ema: bool = True) 
     With `use_ema` (the default) the exponential moving average of the generator is used when the
     run kept one (``train.ema``).
     """
-    from img2img.config import pipeline_from_dict
+    from img2img.config import validate_pipeline
     from img2img.registry import get_registry
 
     ckpt = load_checkpoint(path)
-    pipeline = pipeline_from_dict(ckpt["pipeline"])
+    where = ckpt["path"]
+    pipeline = validate_pipeline(ckpt["pipeline"], source=f"{where} (the pipeline stored in it)")
     task_cls = get_registry().get("task", pipeline.task).factory
     if direction not in task_cls.directions:
-        raise Img2ImgError(f"the {pipeline.task} model in {ckpt['path']} translates "
+        raise Img2ImgError(f"the {pipeline.task} model in {where} translates "
                            f"{' and '.join(task_cls.directions)} only, not {direction}")
     task = task_cls(pipeline, device="cpu")
     generator = task.generator(direction)
-    key = ckpt["generators"][direction]
-    ema_state = (ckpt.get("ema") or {}).get(direction)
-    used_ema = bool(use_ema and ema_state)
+    ema = ckpt.get("ema")
+    ema_state = ema.get(direction) if isinstance(ema, dict) else None
+    used_ema = bool(use_ema and isinstance(ema_state, dict) and ema_state)
     if used_ema:
         state = {k[len("module."):]: v for k, v in ema_state.items() if k.startswith("module.")}
     else:
-        state = ckpt["nets"][key]
-    generator.load_state_dict(state)
+        state = ckpt["nets"].get(ckpt["generators"].get(direction))
+        if not isinstance(state, dict):
+            raise Img2ImgError(f"{where} is damaged: it holds no weights for the {direction} generator")
+    try:
+        generator.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise Img2ImgError(f"{where} is damaged: its {direction} generator weights do not fit the generator its "
+                           f"pipeline describes ({_first_line(exc)})") from None
     generator.eval()
     cin, cout = task.channels(direction)
     return LoadedGenerator(module=generator, direction=direction, in_channels=cin, out_channels=cout,
                            size_multiple=int(getattr(generator, "size_multiple", 1)), pipeline=pipeline,
-                           ema=used_ema, checkpoint=Path(ckpt["path"]))
+                           ema=used_ema, checkpoint=Path(where))

@@ -5,6 +5,7 @@ bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -15,10 +16,12 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from img2img import __version__
-from img2img.errors import Img2ImgError, PipelineError
+from img2img.errors import Img2ImgError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -47,19 +50,34 @@ def report_user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except TrainingStopped as stop:
-            err_console.print(f"[yellow]{stop}[/]", highlight=False)
+            print_message(str(stop), style="yellow")
             raise typer.Exit(stop.code) from None
-        except PipelineError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, markup=True)
-            raise typer.Exit(1) from None
         except Img2ImgError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False)
+            print_message(str(exc), prefix="error:")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
+            print_message("interrupted", style="yellow")
             raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            print_message(f"disk full{where}. Free some space and run the command again (a training continues "
+                          "with --resume from its last complete checkpoint).", prefix="error:")
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def print_message(text: str, *, prefix: str = "", style: str = "") -> None:
+    """A message to stderr as plain text: file names such as ``img[1].png`` are not read as markup,
+    and long paths are not broken across lines."""
+    line = Text()
+    if prefix:
+        line.append(prefix, style="red")
+        line.append(" ")
+    line.append(text, style=style)
+    err_console.print(line, highlight=False, soft_wrap=True)
 
 
 def version_callback(value: bool) -> None:
@@ -134,13 +152,14 @@ def validate(
 
     p = load_pipeline(pipeline, set_ or [])
     if show:
-        console.print(yaml.safe_dump(dump_pipeline(p), sort_keys=False), highlight=False)
+        console.print(yaml.safe_dump(dump_pipeline(p), sort_keys=False), highlight=False, markup=False,
+                      soft_wrap=True)  # YAML to copy: no markup, no folded lines
     model = getattr(p, "model", None)
     parts = [f"task {p.task}", f"name {p.name}"]
     if model is not None:
         for fname in type(model).model_fields:
             parts.append(f"{fname} {getattr(model, fname).name}")
-    console.print(f"[green]ok[/] {pipeline}: " + ", ".join(parts), highlight=False)
+    console.print(f"[green]ok[/] {escape(str(pipeline))}: " + escape(", ".join(parts)), highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +315,7 @@ def datasets_synth(
     from img2img.synth import synthesize
 
     path = synthesize(name, out, seed=seed, count=count)
-    console.print(f"[green]wrote[/] {path}")
+    console.print(f"[green]wrote[/] {escape(str(path))}")
 
 
 @datasets_app.command("download")
@@ -310,7 +329,7 @@ def datasets_download(
     from img2img.synth import download
 
     path = download(name, out, kind=kind)
-    console.print(f"[green]ready[/] {path}")
+    console.print(f"[green]ready[/] {escape(str(path))}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +395,7 @@ def report(
     from img2img.report import write_report
 
     path = write_report(run_dir, out)
-    console.print(f"[green]wrote[/] {path}")
+    console.print(f"[green]wrote[/] {escape(str(path))}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +408,7 @@ def _add_plugin_commands() -> None:
     try:
         pm = plugin_mod.get_plugin_manager()
     except Img2ImgError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        print_message(str(exc), prefix="error:")
         raise SystemExit(1) from None
     for impl in pm.hook.register_commands.get_hookimpls():
         try:

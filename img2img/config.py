@@ -125,25 +125,128 @@ PATH_FIELDS = ("a", "b", "pairs", "test_a", "test_b")
 # loading
 
 
+MAX_YAML_DEPTH = 50
+"""Deepest nesting a pipeline may use; a real one needs fewer than ten levels."""
+MAX_YAML_VALUES = 100_000
+"""Most values a pipeline may expand to through anchors and aliases (a guard against "billion laughs")."""
+
+
 def read_yaml(path: Path) -> tuple[Any, str]:
-    """Parse a YAML file with `safe_load`; syntax errors name the line and column."""
+    """Parse a YAML file with the safe loader; syntax errors name the line and column.
+
+    Before any value is built the node tree is checked: no anchor that contains itself, no nesting
+    deeper than `MAX_YAML_DEPTH`, no expansion beyond `MAX_YAML_VALUES` and no key given twice
+    (YAML would silently keep only the last one).
+    """
+    source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PipelineError([("", f"file not found: {path}")], str(path)) from None
+        raise PipelineError([("", f"file not found: {path}")], source) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError([("", f"cannot read {path}: {exc}")], str(path)) from None
+        raise PipelineError([("", f"cannot read {path}: {exc}")], source) from None
     try:
-        return yaml.safe_load(text), text
+        return load_yaml_text(text, source), text
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = f"YAML syntax error at {where}: {exc.problem}"
-        if exc.context:
-            problem += f" ({exc.context})"
-        raise PipelineError([("", problem + "; fix the indentation or quoting there")], str(path)) from None
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown position"
+        if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in str(exc.problem):
+            problem = (f"YAML error at {where}: {exc.problem}; a pipeline holds plain values only, "
+                       "so remove the tag (tags such as !!python/... are never executed)")
+        else:
+            problem = f"YAML syntax error at {where}: {exc.problem}"
+            if exc.context:
+                problem += f" ({exc.context})"
+            problem += "; fix the indentation or quoting there"
+        raise PipelineError([("", problem)], source) from None
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        where = f"line {before.count(chr(10)) + 1}, column {len(before) - before.rfind(chr(10))}"
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise PipelineError([("", f"character {char} at {where} is not allowed in YAML; remove it")],
+                            source) from None
     except yaml.YAMLError as exc:
-        raise PipelineError([("", f"YAML error: {exc}")], str(path)) from None
+        raise PipelineError([("", f"YAML error: {exc}")], source) from None
+
+
+def load_yaml_text(text: str, source: str | None = None) -> Any:
+    """`yaml.safe_load` that checks the node tree before building values (see `read_yaml`).
+
+    Raises PipelineError for a tree that is cyclic, too deep, too large or has duplicate keys, and
+    yaml.YAMLError for text that is not YAML.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise PipelineError([("", f"YAML nested deeper than {MAX_YAML_DEPTH} levels; a pipeline needs only "
+                                      "a few")], source) from None
+        if node is None:
+            return None
+        problems, lines = _check_nodes(node)
+        if problems:
+            raise PipelineError(problems, source, lines)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """Self-containing anchors, excessive depth or expansion, and duplicate keys, with their lines."""
+    problems: list[tuple[str, str]] = []
+    lines: dict[str, int] = {}
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    class Abort(Exception):
+        pass
+
+    def add(path: tuple[str, ...], node: yaml.Node, message: str) -> None:
+        dotted = ".".join(path)
+        problems.append((dotted, message))
+        lines[dotted] = node.start_mark.line + 1
+
+    def size(node: yaml.Node, path: tuple[str, ...]) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            add(path, node, "an anchor (&name) that contains itself; a pipeline cannot be infinite")
+            raise Abort
+        if len(path) > MAX_YAML_DEPTH:
+            add(path[:MAX_YAML_DEPTH], node,
+                f"nested deeper than {MAX_YAML_DEPTH} levels; a pipeline needs only a few")
+            raise Abort
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                if isinstance(key_node, yaml.ScalarNode) and name != "<<":
+                    line = key_node.start_mark.line + 1
+                    if name in seen:
+                        add(path + (name,), key_node, f"key given twice (first on line {seen[name]}); YAML would "
+                                                      "silently keep only the last value, so remove one")
+                    seen.setdefault(name, line)
+                total += size(key_node, path + (name,)) + size(value_node, path + (name,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                total += size(item, path + (str(i),))
+        open_nodes.discard(key)
+        if total > MAX_YAML_VALUES:
+            add(path, node, f"expands to more than {MAX_YAML_VALUES} values through anchors and aliases; "
+                            "a pipeline needs far fewer")
+            raise Abort
+        sizes[key] = total
+        return total
+
+    try:
+        size(root, ())
+    except Abort:
+        pass
+    return problems, lines
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -155,7 +258,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise PipelineError([("--set", f"'{text}': empty key segment")])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw) if raw.strip() else None
+    except PipelineError as exc:
+        raise PipelineError([(".".join(filter(None, [key, path])), f"--set {key}=...: {message}")
+                             for path, message in exc.problems]) from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -398,11 +504,16 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
     """Map dotted YAML paths to 1-based line numbers, via the safe composer (no objects built)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return {}
     index: dict[tuple[str, ...], int] = {}
 
+    visited: set[int] = set()
+
     def walk(node: Any, path: tuple[str, ...]) -> None:
+        if id(node) in visited or len(path) > MAX_YAML_DEPTH:  # an alias: its lines are where the anchor is
+            return
+        visited.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key = path + (str(key_node.value),)

@@ -611,15 +611,6 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def _worker_init(_: int) -> None:
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)  # one OpenCV thread per data worker instead of one per core each
-    except ImportError:
-        pass
-
-
 class _EpochSampler(Sampler):
     """Yields (stream, epoch, position) keys of one rank's share of an epoch, from a given offset."""
 
@@ -907,7 +898,6 @@ class TrainData:
                 pin_memory=self.pin_memory and torch.cuda.is_available(),
                 persistent_workers=workers > 0,
                 prefetch_factor=2 if workers > 0 else None,
-                worker_init_fn=_worker_init if workers > 0 else None,
                 generator=torch.Generator().manual_seed(self.seed),  # leaves the global torch RNG alone
             )
         return self._loader

@@ -105,8 +105,9 @@ def tile_spans(size: int, tile: int, overlap: int, multiple: int = 1) -> list[tu
 
     Starts are multiples of `multiple` (or of the largest halving of it that still lets neighbours
     share `overlap` pixels), so tiles see the pixel phase the whole image does and strided layers
-    agree in the overlaps. The last tile ends at the edge and may be a little longer than `tile` (it
-    is padded like any input). Neighbours share at least `overlap` pixels.
+    agree in the overlaps. The fewest tiles that keep every overlap >= `overlap` are spread evenly
+    (wider overlaps blend more softly at no extra cost). The last tile ends at the edge and may be a
+    little longer than `tile` (it is padded like any input).
     """
     if size <= tile:
         return [(0, size)]
@@ -114,11 +115,10 @@ def tile_spans(size: int, tile: int, overlap: int, multiple: int = 1) -> list[tu
     while align > 1 and align > tile - overlap:
         align //= 2
     stride = max(align, (tile - overlap) // align * align)
-    last = (size - tile) // align * align
-    starts = list(range(0, last, stride))
-    if not starts or starts[-1] != last:
-        starts.append(last)
-    return [(s, min(size, s + tile)) if s != last else (s, size) for s in starts]
+    count = -(-(size - tile) // stride) + 1  # the fewest tiles whose overlaps are all >= overlap
+    starts = sorted({round(i * (size - tile) / (count - 1)) // align * align for i in range(count)})
+    last = starts[-1]
+    return [(s, s + tile) if s != last else (s, size) for s in starts]
 
 
 def ramp(length: int, before: int, after: int) -> np.ndarray:

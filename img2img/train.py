@@ -200,6 +200,8 @@ class Trainer:
     device: torch.device | None = None
     console: Console = field(default_factory=Console)
     resume_from: dict | None = None
+    saved_step: int | None = field(default=None, init=False)
+    """The step last written to last.pt by this process (None before the first save)."""
 
     def __post_init__(self) -> None:
         self.train = self.pipeline.train
@@ -331,14 +333,18 @@ class Trainer:
             torch.manual_seed(self.pipeline.seed + self.dist.rank + 7919 * self.step)
 
     def save_checkpoint(self, *, periodic: bool) -> None:
+        """Write last.pt (and step-N.pt when periodic) atomically; a NaN since the last one stops instead."""
         if not self.dist.main:
             return
         self._check_finite()
+        if self.saved_step is None:  # the first save of this process: clear what a killed one left
+            ckpt_io.remove_partial_files(self.run.checkpoints)
         state = self.state()
         ckpt_io.atomic_save(state, self.run.last)
         if periodic:
             ckpt_io.atomic_save(state, self.run.checkpoints / f"step-{self.step}.pt")
             self._prune_checkpoints()
+        self.saved_step = self.step
 
     def _prune_checkpoints(self) -> None:
         keep = self.train.keep_checkpoints
@@ -523,13 +529,13 @@ class Trainer:
                     f"width: {max(multiple, w // multiple * multiple)}}} (or Resize) to data.transforms")
 
     def _stop(self, signum: int) -> None:
-        self.save_checkpoint(periodic=False)
+        if self.saved_step != self.step:  # this step may be checkpointed already
+            self.save_checkpoint(periodic=False)
         self.dist.barrier()
         code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
         name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
         raise TrainingStopped(code, f"{name}: stopped after step {self.step}; checkpoint {self.run.last}. "
-                                    f"Continue with: img2img train {self.run.root / 'pipeline.yaml'} "
-                                    f"--resume {self.run.root}")
+                                    f"Continue with: img2img train --resume {self.run.root}")
 
     def _truncate_metrics(self) -> None:
         """On resume, drop rows logged after the checkpoint so every step is logged once."""

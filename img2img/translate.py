@@ -140,7 +140,7 @@ class _TorchBackend:
             y = self.adapter(batch.to(self.device, non_blocking=True))
         return y.float().cpu()
 
-    def tile_context(self, image: torch.Tensor, tile: int, tile_norm: str):
+    def tile_context(self, image: torch.Tensor, stats_size: int, tile_norm: str):
         """Global instance-norm statistics for the tiles of `image`, when asked for and relevant."""
         if tile_norm != "global":
             return nullcontext()
@@ -149,7 +149,7 @@ class _TorchBackend:
             with self._autocast():
                 return self.module(x.to(self.device))
 
-        stats = InstanceNormStats.capture(self.module, image, size=tile, multiple=self.size_multiple, run=run)
+        stats = InstanceNormStats.capture(self.module, image, size=stats_size, multiple=self.size_multiple, run=run)
         return stats.applied(self.module) if len(stats) else nullcontext()
 
 
@@ -175,7 +175,7 @@ class _OnnxBackend:
                 providers = ["CPUExecutionProvider"]
             else:
                 raise Img2ImgError(f"--device {device}: this onnxruntime has no CUDA provider "
-                                   "(install onnxruntime-gpu) ; use --device cpu")
+                                   "(install onnxruntime-gpu); use --device cpu")
         elif device == "cpu":
             providers = ["CPUExecutionProvider"]
         else:
@@ -225,7 +225,7 @@ class _OnnxBackend:
         y = self.session.run([self.output_name], {self.input_name: x})[0]
         return torch.from_numpy(np.asarray(y, dtype=np.float32))
 
-    def tile_context(self, image: torch.Tensor, tile: int, tile_norm: str):
+    def tile_context(self, image: torch.Tensor, stats_size: int, tile_norm: str):
         return nullcontext()  # the statistics inside an ONNX graph cannot be substituted
 
 
@@ -324,13 +324,22 @@ class Translator:
 
     >>> t = Translator.from_run("runs/horse2zebra")          # or Translator.from_onnx("g.onnx")
     >>> zebra = t.translate(PIL.Image.open("horse.jpg"))    # same kind and size out as in
+
+    Options: `batch_size` (images of equal size, and tiles, run together); `tile` and `overlap`
+    (translate images larger than `tile` in blended tiles); `max_pixels` (tile anything larger,
+    512/64 unless given); `tile_norm` ("global": instance-norm statistics of the whole image,
+    downscaled so its longer side is `stats_size`, default the tile size; "local": each tile its own).
     """
 
     def __init__(self, backend: _TorchBackend | _OnnxBackend, *, batch_size: int = 1, tile: int | None = None,
-                 overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "global"):
+                 overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "global",
+                 stats_size: int | None = None):
         if batch_size < 1:
             raise Img2ImgError(f"--batch-size {batch_size}: must be >= 1")
         check_tiling(tile, overlap, max_pixels, tile_norm)
+        if stats_size is not None and stats_size < 16:
+            raise Img2ImgError(f"stats_size {stats_size}: must be at least 16 px")
+        self.stats_size = stats_size
         self.backend = backend
         self.batch_size = int(batch_size)
         self.tile = tile
@@ -443,7 +452,7 @@ class Translator:
 
     def _translate_tiled(self, arr: np.ndarray, tile: int, overlap: int) -> np.ndarray:
         image = to_tensor(arr).unsqueeze(0)
-        with self.backend.tile_context(image, tile, self.tile_norm):
+        with self.backend.tile_context(image, self.stats_size or tile, self.tile_norm):
             out = translate_tiled(image, self.backend, tile=tile, overlap=overlap, multiple=self.size_multiple,
                                   batch_size=self.batch_size)
         return to_image_array(out[0])

@@ -168,16 +168,28 @@ def test_applied_statistics_are_removed_afterwards_even_after_an_error(generator
         assert not torch.allclose(generator(other), generator(image))
 
 
-def test_global_statistics_remove_most_of_the_tiling_difference(generator):
-    image = smooth_image(192, 160, seed=3)
+def test_shared_statistics_remove_most_of_the_tiling_difference(generator):
+    image = smooth_image(256, 256, seed=3)
     adapter = SizeAdapter(generator, 4)
     with torch.inference_mode():
         untiled = adapter(image)
-        local = translate_tiled(image, adapter, tile=64, overlap=16, multiple=4)
-        stats = InstanceNormStats.capture(generator, image, size=64, multiple=4)
+        local = translate_tiled(image, adapter, tile=128, overlap=48, multiple=4)
+        stats = InstanceNormStats.capture(generator, image, size=256, multiple=4)  # whole image, full size
         with stats.applied(generator):
-            global_ = translate_tiled(image, adapter, tile=64, overlap=16, multiple=4)
-    err_local = (local - untiled).abs().mean().item()
-    err_global = (global_ - untiled).abs().mean().item()
-    assert err_global < 0.5 * err_local
-    assert (global_ - untiled).abs().max().item() * 127.5 < 40  # 0-255 units
+            shared = translate_tiled(image, adapter, tile=128, overlap=48, multiple=4)
+    err_local = (local - untiled).abs().mean().item() * 127.5  # 0-255 units
+    err_shared = (shared - untiled).abs().mean().item() * 127.5
+    assert err_shared < 0.2 * err_local and err_shared < 3
+
+
+def test_downscaled_statistics_make_neighbouring_tiles_agree(generator):
+    """Where two tiles overlap, both normalise by the same statistics, so their outputs agree better."""
+    image = smooth_image(128, 224, seed=4)
+    adapter = SizeAdapter(generator, 4)
+    left, right = image[:, :, :, :128], image[:, :, :, 96:]
+    with torch.inference_mode():
+        local = (adapter(left)[..., 96:] - adapter(right)[..., :32]).abs().mean()
+        stats = InstanceNormStats.capture(generator, image, size=128, multiple=4)
+        with stats.applied(generator):
+            shared = (adapter(left)[..., 96:] - adapter(right)[..., :32]).abs().mean()
+    assert shared < local

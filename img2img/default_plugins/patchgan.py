@@ -13,7 +13,7 @@ from img2img.default_plugins.layers import Gain, Init, Norm, Width, init_weights
 
 
 class NLayerDiscriminator(nn.Sequential):
-    """The reference's ``NLayerDiscriminator``: 4x4 convs (padding 1), LeakyReLU(0.2).
+    """The reference's ``NLayerDiscriminator``: 4x4 convs (padding 1), in-place LeakyReLU(0.2).
 
     ``n_layers`` stride-2 convs (channels doubling up to 8x ndf), one stride-1 conv, then a
     1-channel conv. With ``n_layers=3`` each logit sees a 70x70 patch.
@@ -21,13 +21,14 @@ class NLayerDiscriminator(nn.Sequential):
 
     def __init__(self, in_channels: int, *, ndf: int = 64, n_layers: int = 3, norm: Norm = "instance"):
         bias = uses_bias(norm)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1),
+                                   nn.LeakyReLU(0.2, inplace=True)]
         mult = 1
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
             layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=bias),
-                       norm_layer(norm, ndf * mult), nn.LeakyReLU(0.2)]
+                       norm_layer(norm, ndf * mult), nn.LeakyReLU(0.2, inplace=True)]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         super().__init__(*layers)
 
@@ -38,8 +39,8 @@ class PixelDiscriminator(nn.Sequential):
     def __init__(self, in_channels: int, *, ndf: int = 64, norm: Norm = "instance"):
         bias = uses_bias(norm)
         super().__init__(
-            nn.Conv2d(in_channels, ndf, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(ndf, ndf * 2, 1, bias=bias), norm_layer(norm, ndf * 2), nn.LeakyReLU(0.2),
+            nn.Conv2d(in_channels, ndf, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 1, bias=bias), norm_layer(norm, ndf * 2), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(ndf * 2, 1, 1, bias=bias),
         )
 

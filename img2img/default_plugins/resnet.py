@@ -2,7 +2,9 @@
 
 Same layers as the reference repository's ``ResnetGenerator``: reflection-padded 7x7 stem, two
 stride-2 downsamplings, residual blocks at 4x ngf channels, two 2x upsamplings, 7x7 head and tanh.
-Activations are not in-place so that `ResnetGenerator.features` returns what each layer produced.
+ReLUs work in place, as the reference's do: a training step writes one activation less per layer.
+`ResnetGenerator.features` runs them out of place after a layer it returns, so a feature is what
+its layer produced.
 """
 from collections.abc import Sequence
 
@@ -29,7 +31,7 @@ class ResnetBlock(nn.Module):
     def __init__(self, channels: int, norm: Norm, dropout: float, padding: Padding):
         super().__init__()
         bias = uses_bias(norm)
-        layers = [*_pad_conv3x3(channels, channels, padding, bias), norm_layer(norm, channels), nn.ReLU()]
+        layers = [*_pad_conv3x3(channels, channels, padding, bias), norm_layer(norm, channels), nn.ReLU(inplace=True)]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         layers += [*_pad_conv3x3(channels, channels, padding, bias), norm_layer(norm, channels)]
@@ -56,10 +58,11 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         bias = uses_bias(norm)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias),
-                                   norm_layer(norm, ngf), nn.ReLU()]
+                                   norm_layer(norm, ngf), nn.ReLU(inplace=True)]
         for i in range(N_DOWNSAMPLING):
             ch = ngf * 2**i
-            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=bias), norm_layer(norm, ch * 2), nn.ReLU()]
+            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=bias), norm_layer(norm, ch * 2),
+                       nn.ReLU(inplace=True)]
         ch = ngf * 2**N_DOWNSAMPLING
         layers += [ResnetBlock(ch, norm, dropout, padding) for _ in range(n_blocks)]
         self.encoder_layers = len(layers)
@@ -68,7 +71,7 @@ class ResnetGenerator(nn.Module):
                 layers.append(nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=bias))
             else:  # nearest-neighbour resize then conv: no checkerboard artifacts (Odena et al. 2016)
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"), *_pad_conv3x3(ch, ch // 2, padding, bias)]
-            layers += [norm_layer(norm, ch // 2), nn.ReLU()]
+            layers += [norm_layer(norm, ch // 2), nn.ReLU(inplace=True)]
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
@@ -85,7 +88,11 @@ class ResnetGenerator(nn.Module):
         found: dict[int, torch.Tensor] = {}
         h = x
         for i in range(max(wanted, default=-1) + 1):
-            h = self.model[i](h)
+            layer = self.model[i]
+            if isinstance(layer, nn.ReLU) and any(h is kept for kept in found.values()):
+                h = torch.relu(h)  # the in-place ReLU would overwrite a feature already kept
+            else:
+                h = layer(h)
             if i in wanted:
                 found[i] = h
         return [found[i] for i in layers]

@@ -208,7 +208,9 @@ class Task:
         train = self.pipeline.train
         lr = train.lr_d if which == "d" and train.lr_d is not None else train.lr
         betas = train.betas_d if which == "d" and train.betas_d is not None else train.betas
-        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        # one fused kernel over all parameters: on a CPU 3-4x faster than foreach (same update
+        # formula, rounded in a different order), on a GPU fewer launches
+        fast = {"fused": True} if self.device.type in ("cuda", "cpu") else {"foreach": True}
         return torch.optim.Adam(params, lr=lr, betas=tuple(betas), **fast)
 
     def optimise(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from img2img.config import DiscriminatorSpec, GeneratorSpec, LossSpec, PipelineBase, StrictModel
-from img2img.tasks.base import ImagePool, Task, set_requires_grad, unwrap
+from img2img.tasks import ImagePool, Task, set_requires_grad, unwrap
 
 from img2img_cut.patchnce import ProjectionHeads, sample_patch_ids
 

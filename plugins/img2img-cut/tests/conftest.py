@@ -66,7 +66,7 @@ def write_images(folder: Path, count: int, size: int = 32, *, seed: int = 0,
     return paths
 
 
-def make_cut_pipeline(root: Path, mode: str = "cut") -> Path:
+def _make_cut_pipeline(root: Path, mode: str = "cut") -> Path:
     """A CUT pipeline over two folders of 6 tinted 36 px images, written under `root`."""
     if not (root / "A").exists():
         write_images(root / "A", 6, 36, seed=1, colour=(220, 120, 60))
@@ -76,9 +76,15 @@ def make_cut_pipeline(root: Path, mode: str = "cut") -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def make_cut_pipeline():
+    """``make_cut_pipeline(root, mode="cut") -> Path``: write the images and a tiny CUT pipeline under `root`."""
+    return _make_cut_pipeline
+
+
 @pytest.fixture
 def cut_pipeline(tmp_path) -> Path:
-    return make_cut_pipeline(tmp_path)
+    return _make_cut_pipeline(tmp_path)
 
 
 @pytest.fixture

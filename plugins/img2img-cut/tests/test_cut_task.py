@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from conftest import make_cut_pipeline
 from img2img import hookimpl
 from img2img.checkpoint import load_checkpoint, load_generator
 from img2img.config import load_pipeline
@@ -29,7 +28,7 @@ def metrics(run: Path) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def cut_run(tmp_path_factory) -> Path:
+def cut_run(tmp_path_factory, make_cut_pipeline) -> Path:
     """One CUT run of 8 steps, batch 2, shared by the tests that only read it."""
     root = tmp_path_factory.mktemp("cut")
     train(make_cut_pipeline(root), overrides=["train.max_steps=8"], out=root / "run", console=QUIET)
@@ -68,7 +67,7 @@ def test_generator_loads_for_translation(cut_run):
 
 
 @pytest.mark.parametrize("mode", ["cut", "fastcut"])
-def test_resume_continues_exactly(tmp_path, mode):
+def test_resume_continues_exactly(tmp_path, make_cut_pipeline, mode):
     pipeline = make_cut_pipeline(tmp_path, mode)
     train(pipeline, overrides=["train.max_steps=8"], out=tmp_path / "straight", console=QUIET)
     train(pipeline, overrides=["train.max_steps=4"], out=tmp_path / "resumed", console=QUIET)
@@ -79,7 +78,7 @@ def test_resume_continues_exactly(tmp_path, mode):
         assert resumed[step] == straight[step], f"step {step} differs after resuming"
 
 
-def test_bf16_autocast_trains(tmp_path):
+def test_bf16_autocast_trains(tmp_path, make_cut_pipeline):
     train(make_cut_pipeline(tmp_path), overrides=["train.precision=bf16-mixed", "train.max_steps=2"],
           out=tmp_path / "run", console=QUIET)
     rows = metrics(tmp_path / "run")

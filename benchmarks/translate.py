@@ -1,0 +1,116 @@
+"""Images per second of `img2img translate` with the torch backend and with the exported ONNX file.
+
+Builds a run folder holding a resnet_9blocks (ngf 64) CycleGAN checkpoint (the training loop's own
+`Trainer.state()`, no training needed for speed), exports its a2b generator with `img2img export`,
+then translates a folder of 256x256 PNGs through `translate_inputs` with each backend, alternating
+the backends `--rounds` times and keeping each one's best round. The translate command's figure
+covers decoding, the model and encoding (I/O runs in threads beside the model), not model loading.
+The last stdout line is one JSON object; progress goes to stderr.
+
+    python benchmarks/translate.py --images 16 --rounds 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, log, peak_rss_mb  # noqa: E402
+
+
+def write_inputs(folder: Path, count: int, size: int, seed: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        coarse = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.float32)
+        pixels = np.clip(smooth + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+
+
+def make_run(root: Path, size: int, ngf: int) -> Path:
+    """A run folder with `checkpoints/last.pt` of an untrained resnet_9blocks CycleGAN."""
+    from rich.console import Console
+
+    from img2img import checkpoint as ckpt_io
+    from img2img.config import validate_pipeline
+    from img2img.train import RunFolder, Trainer
+
+    data = root / "data"
+    write_inputs(data / "a", 2, size, seed=1)
+    write_inputs(data / "b", 2, size, seed=2)
+    pipeline = validate_pipeline({
+        "task": "cyclegan", "name": "bench",
+        "data": {"a": str(data / "a"), "b": str(data / "b"), "num_workers": 0},
+        "model": {"generator": {"name": "resnet_9blocks", "ngf": ngf}, "discriminator": {"name": "patchgan"}},
+        "train": {"max_steps": 1, "device": "cpu"},
+    })
+    run = RunFolder(root / "run")
+    trainer = Trainer(pipeline, run, console=Console(stderr=True))
+    ckpt_io.atomic_save(trainer.state(), run.last)
+    return run.root
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--ngf", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of the two backends; best round kept")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+
+    try:
+        from img2img.export import export
+        from img2img.translate import translate_inputs
+    except ImportError as exc:
+        raise SystemExit(f"img2img.translate / img2img.export are not importable here: {exc}") from None
+    from rich.console import Console
+
+    quiet = Console(stderr=True, quiet=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        log("building a run folder and exporting its a2b generator")
+        run = make_run(root, args.size, args.ngf)
+        onnx_file = root / "g.onnx"
+        start = time.perf_counter()
+        export(run, onnx_file, console=quiet)
+        export_seconds = time.perf_counter() - start
+        inputs = root / "inputs"
+        write_inputs(inputs, args.images, args.size)
+
+        best: dict[str, float] = {}
+        for r in range(args.rounds):
+            order = ("torch", "onnx") if r % 2 == 0 else ("onnx", "torch")
+            for backend in order:
+                model = run if backend == "torch" else onnx_file
+                report = translate_inputs([inputs], model=model, out=root / f"out-{backend}", device=args.device,
+                                          batch_size=args.batch_size, overwrite=True, console=quiet)
+                if len(report.written) != args.images:
+                    raise SystemExit(f"{backend}: translated {len(report.written)} of {args.images} images: "
+                                     f"{report.failed[:3]}")
+                log(f"round {r + 1} {backend}: {report.images_per_s:.3f} images/s")
+                best[backend] = max(best.get(backend, 0.0), report.images_per_s)
+
+    result = {
+        "torch": {"images_per_s": round(best["torch"], 3)},
+        "onnx": {"images_per_s": round(best["onnx"], 3)},
+        "onnx_speedup": round(best["onnx"] / best["torch"], 3),
+        "images": args.images, "size": args.size, "ngf": args.ngf, "batch_size": args.batch_size,
+        "rounds": args.rounds, "device": args.device, "threads": torch.get_num_threads(),
+        "export_seconds": round(export_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    emit(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

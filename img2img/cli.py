@@ -157,8 +157,12 @@ def validate(
     model = getattr(p, "model", None)
     parts = [f"task {p.task}", f"name {p.name}"]
     if model is not None:
+        from img2img.config import ComponentSpec
+
         for fname in type(model).model_fields:
-            parts.append(f"{fname} {getattr(model, fname).name}")
+            value = getattr(model, fname)
+            if isinstance(value, ComponentSpec):
+                parts.append(f"{fname} {value.name}")
     console.print(f"[green]ok[/] {escape(str(pipeline))}: " + escape(", ".join(parts)), highlight=False)
 
 
@@ -195,7 +199,9 @@ def translate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, bf16 or fp16."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Translate in tiles of N x N pixels."),
-    overlap: int = typer.Option(32, "--overlap", min=0, help="Pixels shared by neighbouring tiles (blended)."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", min=0,
+                                          help="Pixels shared by neighbouring tiles, blended (default 32 with "
+                                               "--tile, 64 when --max-pixels tiles)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels",
                                              help="Tile automatically above this many pixels per image."),
     tile_norm: str = typer.Option("global", "--tile-norm",

@@ -285,7 +285,7 @@ def check_tiling(tile: int | None, overlap: int | None, max_pixels: int | None, 
     if overlap is not None and overlap < 0:
         raise Img2ImgError(f"--overlap {overlap}: must be >= 0")
     if tile is not None and overlap is not None and overlap >= tile:
-        raise Img2ImgError(f"--overlap {overlap} must be smaller than --tile {tile}")
+        raise Img2ImgError(f"--overlap {overlap} must be smaller than --tile {tile} (try --overlap {tile // 4})")
     if max_pixels is not None and max_pixels < 1:
         raise Img2ImgError(f"--max-pixels {max_pixels}: must be a positive pixel count")
     if tile_norm not in ("global", "local"):

@@ -553,16 +553,10 @@ class Trainer:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def _write_run_files(self) -> None:
-        from img2img import transforms
-
         root = self.run.root
         (root / "pipeline.yaml").write_text(yaml.safe_dump(dump_pipeline(self.pipeline), sort_keys=False))
         (root / "plugins.json").write_text(json.dumps(self.origins, indent=2) + "\n")
-        d = self.pipeline.data
-        described = {"transforms": transforms.describe(transforms.build_transform(d.transforms, paired=False))}
-        if d.input_transforms:
-            described["input_transforms"] = transforms.describe(
-                transforms.build_transform(d.input_transforms, paired=False))
+        described = self.data.describe_transforms()
         (root / "transforms.json").write_text(json.dumps(described, indent=2, default=str) + "\n")
 
     def _tensorboard(self):

@@ -19,9 +19,9 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import TINY_CYCLEGAN, write_images
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -60,6 +60,13 @@ def rows(run: Path) -> list[int]:
 def subprocess_env() -> dict[str, str]:
     """One thread per process: the machine may be shared with other test workers."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def write_images(folder: Path, count: int, size: int, prefix: str = "img") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(count * size)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{prefix}{i:03d}.png")
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -121,7 +128,8 @@ def test_images_smaller_than_the_crop(tiny_cyclegan, tmp_path):
     write_images(tmp_path / "small", 3, 16)
     result = invoke("train", tiny_cyclegan, "--out", tmp_path / "run", "--set", f"data.b={tmp_path / 'small'}",
                     "--set", "data.transforms=[{RandomCrop: {height: 64, width: 64}}]")
-    text = assert_user_error(result, "smaller than the 64x64", "data.transforms", f"{tmp_path / 'small' / 'img000.png'}: 16x16")
+    text = assert_user_error(result, "smaller than the 64x64", "data.transforms",
+                             f"{tmp_path / 'small' / 'img000.png'}: 16x16")
     assert "Resize" in text  # says what to do
 
 

@@ -655,6 +655,13 @@ _DEFAULT_YAML_PATHS = {
 }
 
 
+def _ignore_sigint(_worker_id: int) -> None:
+    """Ctrl-C is the training loop's to handle (finish the step, checkpoint); workers must not die of it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TrainData:
     """The training data of a pipeline, deterministic from (seed, epoch, position).
 
@@ -899,6 +906,7 @@ class TrainData:
                 persistent_workers=workers > 0,
                 prefetch_factor=2 if workers > 0 else None,
                 generator=torch.Generator().manual_seed(self.seed),  # leaves the global torch RNG alone
+                worker_init_fn=_ignore_sigint if workers > 0 else None,
             )
         return self._loader
 

@@ -254,7 +254,7 @@ class Trainer:
         if skipped and self.dist.main:
             self.console.print(f"[yellow]skipped {len(skipped)} unreadable file(s) (data.skip_unreadable):[/]")
             for path, reason in skipped[:20]:
-                self.console.print(f"  {path}: {reason}")
+                self.console.print(f"  {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
         if data.steps_per_epoch == 0:
             raise Img2ImgError(f"data: fewer images than train.batch_size={self.train.batch_size}"
                                f"{' x ' + str(self.dist.world) + ' processes' if self.dist.enabled else ''}; "
@@ -550,11 +550,11 @@ class Trainer:
                 continue  # a line cut short by a crash
             if row.get("step", 0) <= self.step:
                 kept.append(line)
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        _atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _write_run_files(self) -> None:
         root = self.run.root
-        (root / "pipeline.yaml").write_text(yaml.safe_dump(dump_pipeline(self.pipeline), sort_keys=False))
+        _atomic_write_text(root / "pipeline.yaml", yaml.safe_dump(dump_pipeline(self.pipeline), sort_keys=False))
         (root / "plugins.json").write_text(json.dumps(self.origins, indent=2) + "\n")
         described = self.data.describe_transforms()
         (root / "transforms.json").write_text(json.dumps(described, indent=2, default=str) + "\n")
@@ -569,6 +569,13 @@ class Trainer:
                                "(pip install tensorboard); continuing without it[/]")
             return None
         return SummaryWriter(str(self.run.root / "tensorboard"))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Replace a small text file so that a kill at any moment leaves the old or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _to_rgb(images: torch.Tensor) -> torch.Tensor:

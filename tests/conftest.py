@@ -1,6 +1,7 @@
 """Shared fixtures: throwaway plugins, fake installed distributions, tiny image folders."""
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -10,7 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(1)  # tests run in parallel workers on a small machine
+# Tests run in parallel workers on a small machine: one thread each, also in the processes they start
+# (two OpenMP threads per process on two busy cores spin-wait each other into 10x slowdowns).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture

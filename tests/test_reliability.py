@@ -32,6 +32,7 @@ from img2img.errors import Img2ImgError
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "train.max_steps=1", "--set", "train.sample_every=100"]
+STOPPABLE = ["--set", "train.checkpoint_every=1", "--set", "train.max_steps=6", "--set", "train.sample_every=100"]
 
 
 def invoke(*args: str | Path):
@@ -259,7 +260,8 @@ def test_checkpoint_from_a_newer_img2img(translate_run, tmp_path):
     state["img2img_version"] = "99.1.0"
     torch.save(state, tmp_path / "future.pt")
     assert_user_error(invoke("export", tmp_path / "future.pt", "--out", tmp_path / "g.onnx"),
-                      tmp_path / "future.pt", "written by img2img 99.1.0", f"newer than this img2img {img2img.__version__}",
+                      tmp_path / "future.pt", "written by img2img 99.1.0",
+                      f"newer than this img2img {img2img.__version__}",
                       "pip install -U")
 
 
@@ -474,8 +476,7 @@ def test_sigterm_finishes_the_step_checkpoints_once_and_exits_143(tiny_cyclegan,
 
     monkeypatch.setattr(checkpoint, "atomic_save", spy)
     run = tmp_path / "run"
-    result = invoke("train", tiny_cyclegan, "--out", run, "--set", "losses.cycle.name=signal_at",
-                    "--set", "train.checkpoint_every=1", "--set", "train.max_steps=6", "--set", "train.sample_every=100")
+    result = invoke("train", tiny_cyclegan, "--out", run, "--set", "losses.cycle.name=signal_at", *STOPPABLE)
     assert result.exit_code == 143, result.output
     assert "Traceback" not in result.output
     assert f"SIGTERM: stopped after step 2; checkpoint {run / 'checkpoints' / 'last.pt'}" in flat(result.output)
@@ -489,7 +490,7 @@ def test_second_sigint_interrupts_at_once_and_last_checkpoint_stays_whole(tiny_c
     run = tmp_path / "run"
     result = invoke("train", tiny_cyclegan, "--out", run, "--set", "losses.cycle.name=signal_at",
                     "--set", f"losses.cycle.signum={int(signal.SIGINT)}", "--set", "losses.cycle.times=2",
-                    "--set", "train.checkpoint_every=1", "--set", "train.max_steps=6", "--set", "train.sample_every=100")
+                    *STOPPABLE)
     assert result.exit_code == 130, result.output
     assert "interrupted" in result.output and "Traceback" not in result.output
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
@@ -544,8 +545,9 @@ def test_kill_9_five_times_in_a_row_never_leaves_a_broken_checkpoint(tiny_cycleg
     rng = random.Random(seed)
     run = tmp_path / "run"
     folder = run / "checkpoints"
-    first = [str(tiny_cyclegan), "--out", str(run), "--set", "train.max_steps=10000", "--set", "train.checkpoint_every=1",
-             "--set", "train.sample_every=10000", "--set", "train.keep_checkpoints=2"]
+    first = [str(tiny_cyclegan), "--out", str(run), "--set", "train.max_steps=10000",
+             "--set", "train.checkpoint_every=1", "--set", "train.sample_every=10000",
+             "--set", "train.keep_checkpoints=2"]
     step, history = 0, []
     for round_ in range(5):
         proc = start_training(first if round_ == 0 else ["--resume", str(run)], tmp_path)

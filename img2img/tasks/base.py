@@ -185,7 +185,8 @@ class Task:
         size = transforms.output_size(pipeline.data.transforms)
         if size is None:
             return []
-        with torch.device("meta"):
+        # A plain CPU build: the meta device would pull in torch._dynamo (seconds of start-up).
+        with torch.no_grad():
             net = get_registry().build("generator", spec.ref(), in_channels=3, out_channels=3)
         multiple = int(getattr(net, "size_multiple", 1))
         bad = [s for s in size if s % multiple]

@@ -25,6 +25,7 @@ from torch import nn
 from img2img import __version__
 from img2img import checkpoint as ckpt_io
 from img2img.config import PipelineBase, apply_overrides, dump_pipeline, validate_pipeline
+from img2img.devices import select_device
 from img2img.errors import Img2ImgError
 from img2img.registry import get_registry
 from img2img.tasks.base import Precision, Task, unwrap
@@ -54,22 +55,7 @@ class Dist:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise Img2ImgError(f"train.device: unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise Img2ImgError("train.device is cuda but no CUDA device is available; use train.device=auto or cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
+    return select_device(name, option="train.device", local_rank=local_rank)
 
 
 def setup_distributed(device_name: str, timeout_s: float) -> tuple[Dist, torch.device]:

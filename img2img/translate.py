@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from img2img.checkpoint import LoadedGenerator, load_generator
 from img2img.data import (IMAGE_EXTENSIONS, ImageReadError, _pil_to_float, _to_channels, image_bit_depth,
                           list_images, read_image, save_image, to_image_array, to_tensor)
+from img2img.devices import select_device
 from img2img.errors import Img2ImgError
 from img2img.tiling import InstanceNormStats, SizeAdapter, check_tiling, tile_plan, translate_tiled
 
@@ -70,30 +71,6 @@ def physical_cores() -> int:
         if "processor" in fields and int(fields["processor"]) in cpus:
             cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
     return max(1, len(cores) or len(cpus))
-
-
-def select_device(device: str) -> torch.device:
-    """``auto`` = cuda > mps > cpu; an explicit device must exist."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise Img2ImgError(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise Img2ImgError(f"--device {device}: no CUDA device is available here; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise Img2ImgError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise Img2ImgError(f"--device {device}: MPS is not available here; use --device cpu or auto")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise Img2ImgError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
-    return dev
 
 
 class _TorchBackend:

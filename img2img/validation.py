@@ -9,30 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from img2img import checkpoint as ckpt_io
 from img2img.errors import Img2ImgError
+from img2img.tiling import SizeAdapter
 
 HIGHER_IS_BETTER = {"psnr", "ssim"}
 PAIRED_METRICS = ("l1", "psnr", "ssim")
 UNPAIRED_METRICS = ("cycle_l1",)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad H and W up to a multiple (reflect where the image allows it, replicate beyond)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
 def run_generator(gen: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Translate at the input's own size: pad to the generator's multiple, crop back."""
-    h, w = x.shape[-2:]
-    return gen(pad_to_multiple(x, int(getattr(gen, "size_multiple", 1))))[..., :h, :w]
+    return SizeAdapter(gen, int(getattr(gen, "size_multiple", 1)))(x)
 
 
 @dataclass

@@ -214,14 +214,19 @@ class Task:
         fast = {"fused": True} if self.device.type in ("cuda", "cpu") else {"foreach": True}
         return torch.optim.Adam(params, lr=lr, betas=tuple(betas), **fast)
 
-    def optimise(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Backward and step; under ``train.on_nan: skip`` a non-finite loss skips the update."""
-        optimizer.zero_grad(set_to_none=True)
+    def optimise(self, loss: torch.Tensor, *optimizers: torch.optim.Optimizer) -> None:
+        """One backward, then a step of each optimiser (several when one loss trains several parts).
+
+        Under ``train.on_nan: skip`` a non-finite loss skips the update.
+        """
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         if self.skip_nonfinite and not bool(torch.isfinite(loss)):
             self.skipped_steps += 1
             return
         self.amp.backward(loss)
-        self.amp.step(optimizer)
+        for optimizer in optimizers:
+            self.amp.step(optimizer)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fmt = torch.channels_last if self.pipeline.train.channels_last else torch.contiguous_format

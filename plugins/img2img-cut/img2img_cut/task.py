@@ -205,7 +205,7 @@ class CUT(Task):
                     loss_g = loss_g + 0.5 * (losses["nce"] + losses["nce_idt"])
                 else:
                     loss_g = loss_g + losses["nce"]
-        self._optimise_together(loss_g, [self.optimizers["g"], self.optimizers["heads"]])
+        self.optimise(loss_g, self.optimizers["g"], self.optimizers["heads"])
         self.amp.update()
         return {k: v.detach().float() for k, v in losses.items()}
 
@@ -222,17 +222,6 @@ class CUT(Task):
         projected_queries = self.nets["heads"](queries, ids)
         total = sum(self.patchnce(q, k) for q, k in zip(projected_queries, projected_keys))
         return total / len(self.layers)
-
-    def _optimise_together(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> None:
-        """`Task.optimise` for a loss that updates several optimisers' parameters in one backward."""
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        if self.skip_nonfinite and not bool(torch.isfinite(loss)):
-            self.skipped_steps += 1
-            return
-        self.amp.backward(loss)
-        for optimizer in optimizers:
-            self.amp.step(optimizer)
 
     @torch.no_grad()
     def sample_columns(self, batch: dict[str, torch.Tensor], generators: dict[str, nn.Module]) -> list[torch.Tensor]:

@@ -1,7 +1,13 @@
 """img2img: plugin-based image-to-image translation (CycleGAN, pix2pix) from YAML pipelines."""
 from __future__ import annotations
 
-import pluggy
+import os
+
+# OpenMP threads that spin while waiting turn a busy machine into a 10-50x slowdown (each parallel
+# region waits for a descheduled thread); sleeping costs a few percent at most. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pluggy  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -445,6 +445,27 @@ def _requirement(transforms) -> Size | None:
 # ---------------------------------------------------------------------------------------------
 
 
+MAX_TRAINING_SIDE = 8192
+"""Largest height or width a training stage may produce; larger is a typo (and a dry run would not fit)."""
+
+
+def _largest_size_argument(item: object) -> int:
+    """The largest number given to a size-like argument (height, width, size, min_height, ...)."""
+    try:
+        _, kwargs = _split_stage(item)
+    except ValueError:
+        return 0
+    largest = 0
+    for key, value in kwargs.items():
+        if not any(word in str(key) for word in ("height", "width", "size")):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf"):
+                largest = max(largest, int(v))
+    return largest
+
+
 def validate_stages(stages: object, yaml_path: str) -> list[tuple[str, str]]:
     """Every problem in a YAML stage list as (dotted path, message); never raises for bad input.
 
@@ -470,6 +491,16 @@ def validate_stages(stages: object, yaml_path: str) -> list[tuple[str, str]]:
         nxt = _next_size(t, hw)
         if nxt is not _KEEP:
             hw = nxt
+        largest = max(max(need or (0, 0)), max(hw or (0, 0)), _largest_size_argument(stages[i]))
+        if largest > MAX_TRAINING_SIDE:
+            problems.append(
+                (
+                    f"{yaml_path}.{i}.{names[i]}",
+                    f"makes {largest}-pixel sides, more than the {MAX_TRAINING_SIDE} a training crop can have; "
+                    "check the numbers (translate tiles large images, training does not need them)",
+                )
+            )
+            return problems
     if problems:
         return problems
     # a dry run on a test image catches what construction cannot (e.g. a transform needing a mask)

@@ -13,7 +13,7 @@ Init = Literal["normal", "xavier", "kaiming", "orthogonal"]
 Padding = Literal["reflect", "zero"]
 UpsampleMode = Literal["transposed", "resize-conv"]
 
-Width = Annotated[int, Field(ge=1)]
+Width = Annotated[int, Field(ge=1, le=1024)]
 """A channel count such as ``ngf`` or ``ndf``."""
 DropoutP = Annotated[float, Field(ge=0, lt=1)]
 Gain = Annotated[float, Field(gt=0)]

@@ -88,6 +88,21 @@ class ImagePool:
         self.rng.set_state(state["rng"])
 
 
+@contextlib.contextmanager
+def _weights_left_uninitialised():
+    """Make `torch.nn.init` a no-op for a meta-device build (random init of meta tensors imports
+    torch._dynamo, seconds of start-up, for values that do not exist)."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module inside DDP / torch.compile wrappers."""
     while True:
@@ -185,8 +200,7 @@ class Task:
         size = transforms.output_size(pipeline.data.transforms)
         if size is None:
             return []
-        # A plain CPU build: the meta device would pull in torch._dynamo (seconds of start-up).
-        with torch.no_grad():
+        with torch.device("meta"), _weights_left_uninitialised():  # no memory, whatever ngf says
             net = get_registry().build("generator", spec.ref(), in_channels=3, out_channels=3)
         multiple = int(getattr(net, "size_multiple", 1))
         bad = [s for s in size if s % multiple]

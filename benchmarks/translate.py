@@ -5,13 +5,20 @@ Builds a run folder holding a resnet_9blocks (ngf 64) CycleGAN checkpoint (the t
 then translates a folder of 256x256 PNGs through `translate_inputs` with each backend, alternating
 the backends `--rounds` times and keeping each one's best round. The translate command's figure
 covers decoding, the model and encoding (I/O runs in threads beside the model), not model loading.
+It also times the generator's forward pass alone on one 1x3xSxS input, torch eager against the
+onnxruntime session `img2img translate` opens, alternating the two `--forward-runs` times with a
+short pause between them (onnxruntime's threads spin for a moment after a run, which would slow a
+torch pass started at once). `forward.speedup` is the median of the per-pair ratios: the steadier
+figure on a shared machine, and the ceiling for the whole command's speed-up.
+
 The last stdout line is one JSON object; progress goes to stderr.
 
-    python benchmarks/translate.py --images 16 --rounds 2
+    python benchmarks/translate.py --images 16 --rounds 3 --forward-runs 12
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -58,6 +65,32 @@ def make_run(root: Path, size: int, ngf: int) -> Path:
     return run.root
 
 
+def forward_pair(run: Path, onnx_file: Path, size: int, runs: int, device: str) -> dict:
+    """Seconds of one forward pass, torch eager vs onnxruntime, alternating with pauses between."""
+    from img2img.translate import Translator
+
+    torch_model = Translator.load(run, device=device).backend
+    onnx_model = Translator.load(onnx_file, device=device).backend
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    times: dict[str, list[float]] = {"torch": [], "onnx": []}
+    for model in (torch_model, onnx_model):
+        model(x)  # warm-up: allocations, oneDNN primitives, onnxruntime's arena
+    for i in range(runs):
+        order = ("torch", "onnx") if i % 2 == 0 else ("onnx", "torch")
+        for name in order:
+            time.sleep(0.2)
+            start = time.perf_counter()
+            (torch_model if name == "torch" else onnx_model)(x)
+            times[name].append(time.perf_counter() - start)
+    ratios = [t / o for t, o in zip(times["torch"], times["onnx"])]
+    return {
+        "torch_seconds": round(statistics.median(times["torch"]), 4),
+        "onnx_seconds": round(statistics.median(times["onnx"]), 4),
+        "speedup": round(statistics.median(ratios), 3),
+        "runs": runs,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=16)
@@ -65,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ngf", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the two backends; best round kept")
+    ap.add_argument("--forward-runs", type=int, default=12, help="alternating forward passes of each backend")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
@@ -99,11 +133,18 @@ def main(argv: list[str] | None = None) -> dict:
                                      f"{report.failed[:3]}")
                 log(f"round {r + 1} {backend}: {report.images_per_s:.3f} images/s")
                 best[backend] = max(best.get(backend, 0.0), report.images_per_s)
+        forward = None
+        if args.forward_runs > 0:
+            log(f"timing {args.forward_runs} alternating forward passes of each backend")
+            forward = forward_pair(run, onnx_file, args.size, args.forward_runs, args.device)
+            log(f"forward: torch {forward['torch_seconds']:.3f} s, onnx {forward['onnx_seconds']:.3f} s, "
+                f"speed-up {forward['speedup']:.3f}")
 
     result = {
         "torch": {"images_per_s": round(best["torch"], 3)},
         "onnx": {"images_per_s": round(best["onnx"], 3)},
         "onnx_speedup": round(best["onnx"] / best["torch"], 3),
+        "forward": forward,
         "images": args.images, "size": args.size, "ngf": args.ngf, "batch_size": args.batch_size,
         "rounds": args.rounds, "device": args.device, "threads": torch.get_num_threads(),
         "export_seconds": round(export_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -198,6 +198,8 @@ def translate(
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per batch (equal sizes batch together)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, bf16 or fp16."),
+    channels_last: bool = typer.Option(False, "--channels-last",
+                                       help="Run a torch model in channels_last (NHWC) layout; pays on CUDA."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Translate in tiles of N x N pixels."),
     overlap: Optional[int] = typer.Option(None, "--overlap", min=0,
                                           help="Pixels shared by neighbouring tiles, blended (default 32 with "
@@ -221,7 +223,7 @@ def translate(
         inputs, model=model, out=out, direction=direction.value, batch_size=batch_size, device=device,
         precision=precision.value, tile=tile, overlap=overlap, max_pixels=max_pixels, tile_norm=tile_norm,
         fmt=fmt.value if fmt else None, resize=resize, keep_depth=keep_depth, overwrite=overwrite,
-        use_ema=not no_ema, console=console,
+        use_ema=not no_ema, channels_last=channels_last, console=console,
     )
     if report.failed and strict:
         raise typer.Exit(1)

@@ -79,14 +79,16 @@ class _TorchBackend:
     kind = "torch"
 
     def __init__(self, module: nn.Module, *, in_channels: int, out_channels: int, size_multiple: int,
-                 direction: str, device: str = "auto", precision: str = "fp32", label: str = "",
-                 source: Path | None = None):
+                 direction: str, device: str = "auto", precision: str = "fp32", channels_last: bool = False,
+                 label: str = "", source: Path | None = None):
         if precision not in PRECISIONS:
             raise Img2ImgError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.device = select_device(device)
         self.precision = precision
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.module = module.eval().to(self.device)
+        self.channels_last = bool(channels_last)
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.module = module.eval().to(self.device, memory_format=self.memory_format)
         self.adapter = SizeAdapter(self.module, size_multiple)
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -97,16 +99,18 @@ class _TorchBackend:
         self.notes: list[str] = []
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedGenerator, device: str, precision: str) -> _TorchBackend:
+    def from_loaded(cls, loaded: LoadedGenerator, device: str, precision: str,
+                    channels_last: bool = False) -> _TorchBackend:
         gen = getattr(getattr(loaded.pipeline, "model", None), "generator", None)
         label = f"{gen.name} " if gen is not None else ""
         return cls(loaded.module, in_channels=loaded.in_channels, out_channels=loaded.out_channels,
                    size_multiple=loaded.size_multiple, direction=loaded.direction, device=device,
-                   precision=precision, label=label + loaded.direction + (", EMA" if loaded.ema else ""),
+                   precision=precision, channels_last=channels_last, label=label + loaded.direction + (", EMA" if loaded.ema else ""),
                    source=loaded.checkpoint)
 
     def describe(self) -> str:
-        return f"{self.label or self.direction} (torch, {self.device}, {self.precision})"
+        layout = ", channels_last" if self.channels_last else ""
+        return f"{self.label or self.direction} (torch, {self.device}, {self.precision}{layout})"
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
@@ -114,8 +118,8 @@ class _TorchBackend:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """NxCxHxW float32 in [-1, 1] (CPU) -> NxC'xHxW float32 on the CPU."""
         with torch.inference_mode(), self._autocast():
-            y = self.adapter(batch.to(self.device, non_blocking=True))
-        return y.float().cpu()
+            y = self.adapter(batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format))
+        return y.float().cpu().contiguous()
 
     def tile_context(self, image: torch.Tensor, stats_size: int, tile_norm: str):
         """Global instance-norm statistics for the tiles of `image`, when asked for and relevant."""
@@ -135,10 +139,14 @@ class _OnnxBackend:
 
     kind = "onnx"
 
-    def __init__(self, path: Path, device: str = "auto", precision: str = "fp32", direction: str | None = None):
+    def __init__(self, path: Path, device: str = "auto", precision: str = "fp32", direction: str | None = None,
+                 channels_last: bool = False):
         import onnxruntime as ort
 
         path = Path(path)
+        if channels_last:
+            raise Img2ImgError("--channels-last applies to torch models; onnxruntime chooses the layout of "
+                               f"{path.name}'s convolutions itself. Leave the flag out for an ONNX file.")
         if not path.is_file():
             raise Img2ImgError(f"no such ONNX file: {path}" + ("" if not path.exists() else " (it is a folder)"))
         if precision not in PRECISIONS:
@@ -332,48 +340,53 @@ class Translator:
 
     @classmethod
     def from_run(cls, path: str | os.PathLike, direction: str = "a2b", *, device: str = "auto",
-                 precision: str = "fp32", use_ema: bool = True, **options: Any) -> Translator:
+                 precision: str = "fp32", use_ema: bool = True, channels_last: bool = False,
+                 **options: Any) -> Translator:
         """From a run folder, a checkpoint (.pt) or an exported .safetensors generator."""
         path = Path(path)
         if path.suffix.lower() == ".onnx":
-            return cls.from_onnx(path, device=device, precision=precision, **options)
+            return cls.from_onnx(path, device=device, precision=precision, channels_last=channels_last, **options)
         if path.suffix.lower() == ".safetensors":
             from img2img.export import load_safetensors_generator
 
             loaded = load_safetensors_generator(path)
-            backend = _TorchBackend.from_loaded(loaded, device, precision)
+            backend = _TorchBackend.from_loaded(loaded, device, precision, channels_last)
             if direction != loaded.direction:
                 backend.notes.append(f"{path.name} translates {loaded.direction}; --direction {direction} "
                                      "does not apply to an exported file")
         else:
-            backend = _TorchBackend.from_loaded(load_generator(path, direction, use_ema=use_ema), device, precision)
+            backend = _TorchBackend.from_loaded(load_generator(path, direction, use_ema=use_ema), device, precision,
+                                                channels_last)
         return cls(backend, **options)
 
     @classmethod
     def from_module(cls, module: nn.Module, *, in_channels: int = 3, out_channels: int = 3,
                     size_multiple: int | None = None, direction: str = "a2b", device: str = "auto",
-                    precision: str = "fp32", **options: Any) -> Translator:
+                    precision: str = "fp32", channels_last: bool = False, **options: Any) -> Translator:
         """From a generator module (NCHW [-1, 1] in and out); its `size_multiple` attribute is used if present."""
         multiple = int(size_multiple if size_multiple is not None else getattr(module, "size_multiple", 1))
         backend = _TorchBackend(module, in_channels=in_channels, out_channels=out_channels, size_multiple=multiple,
-                                direction=direction, device=device, precision=precision,
+                                direction=direction, device=device, precision=precision, channels_last=channels_last,
                                 label=f"{type(module).__name__} {direction}")
         return cls(backend, **options)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
-                  direction: str | None = None, **options: Any) -> Translator:
+                  direction: str | None = None, channels_last: bool = False, **options: Any) -> Translator:
         """From a file written by `img2img export` (or any NCHW [-1, 1] image-to-image ONNX graph)."""
-        return cls(_OnnxBackend(Path(path), device, precision, direction), **options)
+        return cls(_OnnxBackend(Path(path), device, precision, direction, channels_last), **options)
 
     @classmethod
     def load(cls, model: str | os.PathLike, direction: str = "a2b", *, device: str = "auto",
-             precision: str = "fp32", use_ema: bool = True, **options: Any) -> Translator:
+             precision: str = "fp32", use_ema: bool = True, channels_last: bool = False,
+             **options: Any) -> Translator:
         """The backend follows the path: ``.onnx`` runs in onnxruntime, anything else in torch."""
         model = Path(model)
         if model.suffix.lower() == ".onnx":
-            return cls.from_onnx(model, device=device, precision=precision, direction=direction, **options)
-        return cls.from_run(model, direction, device=device, precision=precision, use_ema=use_ema, **options)
+            return cls.from_onnx(model, device=device, precision=precision, direction=direction,
+                                 channels_last=channels_last, **options)
+        return cls.from_run(model, direction, device=device, precision=precision, use_ema=use_ema,
+                            channels_last=channels_last, **options)
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -636,14 +649,15 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
                      device: str = "auto", precision: str = "fp32", tile: int | None = None,
                      overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "global",
                      fmt: str | None = None, resize: int | None = None, keep_depth: bool = False,
-                     overwrite: bool = False, use_ema: bool = True, console: Console | None = None
-                     ) -> TranslateReport:
+                     overwrite: bool = False, use_ema: bool = True, channels_last: bool = False,
+                     console: Console | None = None) -> TranslateReport:
     """Translate image files and folders (recursively) into `out`, mirroring relative paths.
 
     Each output has its input's size (or, with `resize`, the resized size), the input's format
     unless `fmt`, and 8 bits per channel unless `keep_depth`. Existing outputs are skipped unless
     `overwrite`; unreadable files are listed in the report, never raised. `overlap` defaults to 32
-    with `tile` and 64 when `max_pixels` tiles an image automatically.
+    with `tile` and 64 when `max_pixels` tiles an image automatically. `channels_last` runs a torch
+    model in NHWC memory layout (usually faster on CUDA tensor cores; slower on this project's CPUs).
     """
     console = console or Console()
     check_tiling(tile, overlap, max_pixels, tile_norm)
@@ -653,6 +667,6 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
         raise Img2ImgError(f"--resize {resize}: must be a positive number of pixels")
     plan = _plan([Path(p) for p in inputs], Path(out), fmt, overwrite)  # folder problems before the model loads
     translator = Translator.load(model, direction, device=device, precision=precision, use_ema=use_ema,
-                                 batch_size=batch_size, tile=tile, overlap=overlap, max_pixels=max_pixels,
+                                 channels_last=channels_last, batch_size=batch_size, tile=tile, overlap=overlap, max_pixels=max_pixels,
                                  tile_norm=tile_norm)
     return translator._run(plan, Path(out), resize=resize, keep_depth=keep_depth, console=console)

@@ -110,6 +110,22 @@ def test_a_batch_of_three_equals_three_single_runs(translate_run, translate_onnx
         np.testing.assert_allclose(out, single.translate_arrays([image])[0], atol=2e-5)
 
 
+def test_channels_last_translates_like_the_default_layout(translate_run, translator):
+    nhwc = Translator.from_run(translate_run, device="cpu", channels_last=True, batch_size=2)
+    weight = next(p for p in nhwc.backend.module.parameters() if p.dim() == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert "channels_last" in nhwc.describe()
+    images = [rgb(36, 52, seed).astype(np.float32) / 255 for seed in range(2)] + [rgb(17, 29).astype(np.float32) / 255]
+    for got, image in zip(nhwc.translate_arrays(images), images):
+        assert got.shape == image.shape
+        np.testing.assert_allclose(got, translator.translate_arrays([image])[0], atol=2e-5)
+
+
+def test_channels_last_is_refused_for_an_onnx_file(translate_onnx):
+    with pytest.raises(Img2ImgError, match="--channels-last applies to torch models"):
+        Translator.load(translate_onnx, device="cpu", channels_last=True)
+
+
 def test_onnx_and_torch_translate_alike(translator, translate_onnx):
     onnx = Translator.from_onnx(translate_onnx, device="cpu")
     assert (onnx.in_channels, onnx.out_channels, onnx.size_multiple, onnx.direction) == (3, 3, 4, "a2b")
@@ -244,6 +260,12 @@ def test_cli_translate_reports_and_exits_zero(translate_run, mixed_folder, tmp_p
     strict = runner.invoke(app, ["translate", str(mixed_folder), "--model", str(translate_run), "--out",
                                  str(tmp_path / "out"), "--strict"])
     assert strict.exit_code == 1 and "skipped 6 existing" in strict.output
+    nhwc = runner.invoke(app, ["translate", str(mixed_folder), "--model", str(translate_run), "--out",
+                               str(tmp_path / "nhwc"), "--device", "cpu", "--channels-last"])
+    assert nhwc.exit_code == 0, nhwc.output
+    for name in EXPECTED:
+        same = np.asarray(Image.open(tmp_path / "out" / name)).astype(int)
+        assert np.abs(np.asarray(Image.open(tmp_path / "nhwc" / name)).astype(int) - same).max() <= 1, name
 
 
 def test_cli_translate_with_onnx_model(translate_onnx, tmp_path):

@@ -14,6 +14,7 @@ figure on a shared machine, and the ceiling for the whole command's speed-up.
 The last stdout line is one JSON object; progress goes to stderr.
 
     python benchmarks/translate.py --images 16 --rounds 3 --forward-runs 12
+    python benchmarks/translate.py --torch-precision bf16     # adds {"torch_bf16": {"images_per_s": ...}}
 """
 from __future__ import annotations
 
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the two backends; best round kept")
     ap.add_argument("--forward-runs", type=int, default=12, help="alternating forward passes of each backend")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--torch-precision", action="append", default=[], choices=["bf16", "fp16"],
+                    help="also translate with the torch model at this precision (repeatable), e.g. bf16")
     args = ap.parse_args(argv)
 
     try:
@@ -122,12 +125,15 @@ def main(argv: list[str] | None = None) -> dict:
         write_inputs(inputs, args.images, args.size)
 
         best: dict[str, float] = {}
+        backends = ["torch", "onnx"] + [f"torch_{p}" for p in args.torch_precision]
         for r in range(args.rounds):
-            order = ("torch", "onnx") if r % 2 == 0 else ("onnx", "torch")
+            order = backends if r % 2 == 0 else backends[::-1]
             for backend in order:
-                model = run if backend == "torch" else onnx_file
+                model = onnx_file if backend == "onnx" else run
+                precision = backend.split("_", 1)[1] if backend.startswith("torch_") else "fp32"
                 report = translate_inputs([inputs], model=model, out=root / f"out-{backend}", device=args.device,
-                                          batch_size=args.batch_size, overwrite=True, console=quiet)
+                                          precision=precision, batch_size=args.batch_size, overwrite=True,
+                                          console=quiet)
                 if len(report.written) != args.images:
                     raise SystemExit(f"{backend}: translated {len(report.written)} of {args.images} images: "
                                      f"{report.failed[:3]}")
@@ -143,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "torch": {"images_per_s": round(best["torch"], 3)},
         "onnx": {"images_per_s": round(best["onnx"], 3)},
+        **{name: {"images_per_s": round(best[name], 3)} for name in backends[2:]},
         "onnx_speedup": round(best["onnx"] / best["torch"], 3),
         "forward": forward,
         "images": args.images, "size": args.size, "ngf": args.ngf, "batch_size": args.batch_size,

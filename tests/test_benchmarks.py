@@ -29,8 +29,8 @@ def run_script(name: str, *args: str) -> dict:
 
 def test_translate_benchmark_reports_both_backends_and_the_forward_pair():
     result = run_script("translate.py", "--images", "3", "--size", "32", "--ngf", "8", "--rounds", "1",
-                        "--forward-runs", "2")
-    for backend in ("torch", "onnx"):
+                        "--forward-runs", "2", "--torch-precision", "bf16")
+    for backend in ("torch", "onnx", "torch_bf16"):
         assert result[backend]["images_per_s"] > 0
     assert result["onnx_speedup"] == pytest.approx(result["onnx"]["images_per_s"] / result["torch"]["images_per_s"],
                                                    rel=0.01)

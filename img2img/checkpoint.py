@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from img2img import __version__
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, first_line
 
 FORMAT = 1
 
@@ -178,7 +178,7 @@ def load_checkpoint(path: Path, *, check_plugins: bool = True) -> dict:
     except pickle.UnpicklingError as exc:
         raise _refused(path, exc) from None
     except Exception as exc:  # the zip and pickle readers fail in many ways on a damaged file
-        detail = _first_line(exc).split(". ")[0] if isinstance(exc, (RuntimeError, OSError, ValueError)) \
+        detail = first_line(exc).split(". ")[0] if isinstance(exc, (RuntimeError, OSError, ValueError)) \
             else "not a PyTorch file"
         raise Img2ImgError(f"{path} is not a readable img2img checkpoint ({detail}); "
                            "it may be truncated or of another program") from None
@@ -202,11 +202,6 @@ def load_checkpoint(path: Path, *, check_plugins: bool = True) -> dict:
 def _type_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(k.__name__ for k in kinds)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _refused(path: Path, exc: pickle.UnpicklingError) -> Img2ImgError:
@@ -364,7 +359,7 @@ def load_generator(path: Path, direction: str = "a2b", *, use_ema: bool = True) 
         generator.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise Img2ImgError(f"{where} is damaged: its {direction} generator weights do not fit the generator its "
-                           f"pipeline describes ({_first_line(exc)})") from None
+                           f"pipeline describes ({first_line(exc)})") from None
     generator.eval()
     cin, cout = task.channels(direction)
     return LoadedGenerator(module=generator, direction=direction, in_channels=cin, out_channels=cout,

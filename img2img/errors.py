@@ -28,3 +28,9 @@ class PipelineError(Img2ImgError):
 
 class PluginError(Img2ImgError):
     """A plugin that broke the contract (raised only where it cannot be isolated)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (or its type name), for one-line user errors."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -25,7 +25,7 @@ from torch import nn
 
 from img2img import __version__
 from img2img.checkpoint import LoadedGenerator, load_generator
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, first_line
 from img2img.tiling import SizeAdapter
 
 __all__ = ["export", "export_generator", "load_safetensors_generator", "onnx_metadata", "PARITY_FP16",
@@ -157,11 +157,6 @@ def onnx_metadata(*, in_channels: int, out_channels: int, size_multiple: int, ha
     return meta
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def export_generator(generator: nn.Module, out: Path, *, in_channels: int, out_channels: int, size_multiple: int,
                      metadata: dict[str, str] | None = None, opset: int = 18, half: bool = False,
                      check: bool = True, console: Console | None = None) -> Path:
@@ -193,7 +188,7 @@ def export_generator(generator: nn.Module, out: Path, *, in_channels: int, out_c
             )
     except Exception as exc:
         raise Img2ImgError(f"this generator ({type(generator).__name__}) could not be exported to ONNX opset "
-                           f"{opset}: {_first_line(exc)}") from exc
+                           f"{opset}: {first_line(exc)}") from exc
     model = program.model
     model.metadata_props.update(meta)
     model.doc_string = ("img2img generator: input 'image' float32 NCHW in [-1, 1] (x / 127.5 - 1), output "
@@ -345,7 +340,7 @@ def load_safetensors_generator(path: Path) -> LoadedGenerator:
     except Img2ImgError:
         raise
     except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise Img2ImgError(f"{path} is not a readable img2img safetensors export ({_first_line(exc)})") from None
+        raise Img2ImgError(f"{path} is not a readable img2img safetensors export ({first_line(exc)})") from None
     if info.get("format") != "img2img-generator":
         raise Img2ImgError(f"{sidecar if sidecar.is_file() else path} does not describe an img2img generator")
     spec = dict(info["generator"])
@@ -359,7 +354,7 @@ def load_safetensors_generator(path: Path) -> LoadedGenerator:
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise Img2ImgError(f"{path} does not fit generator '{name}' with {spec}: {_first_line(exc)}") from None
+        raise Img2ImgError(f"{path} does not fit generator '{name}' with {spec}: {first_line(exc)}") from None
     module.eval()
     return LoadedGenerator(module=module.float(), direction=info["direction"], in_channels=int(info["in_channels"]),
                            out_channels=int(info["out_channels"]),

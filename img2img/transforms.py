@@ -22,6 +22,8 @@ import numpy as np
 from albumentations.core.composition import BaseCompose  # noqa: E402
 from albumentations.core.transforms_interface import BasicTransform, Transform3D  # noqa: E402
 
+from img2img.errors import first_line
+
 __all__ = [
     "build_transform",
     "describe",
@@ -142,8 +144,7 @@ def _clean_error(exc: BaseException) -> list[tuple[str | None, str]]:
                     msg += f" (got {err['input']!r})"
                 out.append((loc[0] if loc else None, msg))
             return out
-    text = str(exc).strip().splitlines()
-    return [(None, text[0] if text else type(exc).__name__)]
+    return [(None, first_line(exc))]
 
 
 def _build_one(name: str, kwargs: dict, path: str, problems: list[tuple[str, str]]):
@@ -512,10 +513,7 @@ def validate_stages(stages: object, yaml_path: str) -> list[tuple[str, str]]:
                 warnings.simplefilter("ignore")
                 image = A.Compose([t], strict=True, seed=0)(image=image)["image"]
         except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            problems.append(
-                (f"{yaml_path}.{i}.{names[i]}", f"fails on a test image: {msg[0] if msg else type(exc).__name__}")
-            )
+            problems.append((f"{yaml_path}.{i}.{names[i]}", f"fails on a test image: {first_line(exc)}"))
             break
     return problems
 

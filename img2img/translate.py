@@ -29,7 +29,7 @@ from img2img.checkpoint import LoadedGenerator, load_generator
 from img2img.data import (IMAGE_EXTENSIONS, ImageReadError, _pil_to_float, _to_channels, image_bit_depth,
                           list_images, read_image, save_image, to_image_array, to_tensor)
 from img2img.devices import select_device
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, first_line
 from img2img.tiling import InstanceNormStats, SizeAdapter, check_tiling, tile_plan, translate_tiled
 
 __all__ = ["TranslateReport", "Translator", "physical_cores", "select_device", "translate_inputs"]
@@ -172,8 +172,7 @@ class _OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unparsable files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise Img2ImgError(f"{path} is not an ONNX model onnxruntime can load ({first}); "
+            raise Img2ImgError(f"{path} is not an ONNX model onnxruntime can load ({first_line(exc)}); "
                                "export one with `img2img export RUN --out FILE.onnx`") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata = dict(meta)

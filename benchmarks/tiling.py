@@ -49,7 +49,7 @@ def trained_run(folder: Path, steps: int) -> Path:
     from PIL import Image
     from rich.console import Console
 
-    from img2img.train import train
+    from img2img.engine.train import train
 
     base = photo(512)
     rng = np.random.default_rng(0)
@@ -112,7 +112,7 @@ def _status_kib(field: str) -> int:
 
 def memory_child(mode: str, size: int, tile: int, overlap: int) -> None:
     """Runs in a fresh process: prints the RSS high-water mark added by one translation (MiB)."""
-    from img2img.translate import Translator
+    from img2img.inference.translator import Translator
 
     torch.set_num_threads(2)
     image = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
@@ -150,7 +150,7 @@ def main() -> None:
         memory_child(args.memory_child, args.memory_size, args.tile, args.overlap)
         return
 
-    from img2img.translate import Translator
+    from img2img.inference.translator import Translator
 
     torch.set_num_threads(2)
     image = photo(args.size)

@@ -47,9 +47,9 @@ def make_run(root: Path, size: int, ngf: int) -> Path:
     """A run folder with `checkpoints/last.pt` of an untrained resnet_9blocks CycleGAN."""
     from rich.console import Console
 
-    from img2img import checkpoint as ckpt_io
+    from img2img.engine import checkpoint as ckpt_io
     from img2img.config import validate_pipeline
-    from img2img.train import RunFolder, Trainer
+    from img2img.engine.train import RunFolder, Trainer
 
     data = root / "data"
     write_inputs(data / "a", 2, size, seed=1)
@@ -68,7 +68,7 @@ def make_run(root: Path, size: int, ngf: int) -> Path:
 
 def forward_pair(run: Path, onnx_file: Path, size: int, runs: int, device: str) -> dict:
     """Seconds of one forward pass, torch eager vs onnxruntime, alternating with pauses between."""
-    from img2img.translate import Translator
+    from img2img.inference.translator import Translator
 
     torch_model = Translator.load(run, device=device).backend
     onnx_model = Translator.load(onnx_file, device=device).backend
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     try:
-        from img2img.export import export
-        from img2img.translate import translate_inputs
+        from img2img.inference.export import export
+        from img2img.inference.translator import translate_inputs
     except ImportError as exc:
         raise SystemExit(f"img2img.translate / img2img.export are not importable here: {exc}") from None
     from rich.console import Console

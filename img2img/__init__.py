@@ -7,21 +7,20 @@ import os
 # region waits for a descheduled thread); sleeping costs a few percent at most. Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pluggy  # noqa: E402
-
-__version__ = "0.1.0"
-
-hookimpl = pluggy.HookimplMarker("img2img")
-
+from img2img import _moved  # noqa: E402
+from img2img._version import __version__  # noqa: E402
 from img2img.errors import Img2ImgError, PipelineError  # noqa: E402
+from img2img.hookspecs import hookimpl  # noqa: E402
 from img2img.losses import AdversarialLoss  # noqa: E402
+
+_moved.install()
 
 __all__ = ["hookimpl", "AdversarialLoss", "Img2ImgError", "PipelineError", "Translator", "__version__"]
 
 
 def __getattr__(name: str):
     if name == "Translator":  # imported lazily: it pulls in the data and onnx stack
-        from img2img.translate import Translator
+        from img2img.inference.translator import Translator
 
         return Translator
     raise AttributeError(name)

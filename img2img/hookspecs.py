@@ -17,6 +17,8 @@ from __future__ import annotations
 import pluggy
 
 hookspec = pluggy.HookspecMarker("img2img")
+hookimpl = pluggy.HookimplMarker("img2img")
+"""Marks a plugin's hook implementations; the public name is ``img2img.hookimpl``."""
 
 
 @hookspec

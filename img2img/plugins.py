@@ -175,7 +175,7 @@ def info_for(plugin_name: str) -> PluginInfo | None:
 
 
 def _own_version() -> str:
-    from img2img import __version__
+    from img2img._version import __version__
 
     return __version__
 

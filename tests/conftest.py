@@ -164,7 +164,7 @@ def translate_run(tmp_path_factory) -> Path:
 
     from rich.console import Console
 
-    from img2img.train import train
+    from img2img.engine.train import train
 
     root = tmp_path_factory.mktemp("translate-run")
     write_images(root / "a", 8, 32, seed=11, colour=(210, 110, 50))
@@ -182,6 +182,6 @@ def translate_onnx(translate_run, tmp_path_factory) -> Path:
 
     from rich.console import Console
 
-    from img2img.export import export
+    from img2img.inference.export import export
 
     return export(translate_run, tmp_path_factory.mktemp("onnx") / "g.onnx", console=Console(file=io.StringIO()))

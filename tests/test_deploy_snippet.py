@@ -40,7 +40,7 @@ def test_snippet_is_short_and_imports_neither_img2img_nor_torch():
 
 
 def test_snippet_translates_like_img2img(translate_onnx, tmp_path):
-    from img2img.translate import Translator
+    from img2img.inference.translator import Translator
 
     source = tmp_path / "photo.png"
     rng = np.random.default_rng(0)

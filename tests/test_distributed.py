@@ -50,7 +50,7 @@ REPLICA_SCRIPT = textwrap.dedent('''
     from pathlib import Path
     import torch
     from img2img.config import load_pipeline
-    from img2img.train import RunFolder, Trainer, prepare_run_folder, setup_distributed
+    from img2img.engine.train import RunFolder, Trainer, prepare_run_folder, setup_distributed
     from img2img.tasks import unwrap
 
     pipeline = load_pipeline(sys.argv[1], sys.argv[3:])

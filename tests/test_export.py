@@ -12,13 +12,13 @@ from rich.console import Console
 from torch import nn
 from typer.testing import CliRunner
 
-from img2img import export as export_module
-from img2img.checkpoint import load_generator
+from img2img.inference import export as export_module
+from img2img.engine.checkpoint import load_generator
 from img2img.cli import app
 from img2img.errors import Img2ImgError
-from img2img.export import export, export_generator, load_safetensors_generator
-from img2img.tiling import SizeAdapter
-from img2img.translate import Translator
+from img2img.inference.export import export, export_generator, load_safetensors_generator
+from img2img.inference.tiling import SizeAdapter
+from img2img.inference.translator import Translator
 
 runner = CliRunner()
 

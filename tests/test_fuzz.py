@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from img2img.checkpoint import load_checkpoint, load_generator
+from img2img.engine.checkpoint import load_checkpoint, load_generator
 from img2img.config import PipelineBase, load_pipeline
 from img2img.data import read_image
 from img2img.errors import Img2ImgError, PipelineError
@@ -271,7 +271,7 @@ def test_damaged_checkpoint_contents_give_a_generator_or_a_clear_error(scratch, 
 @fuzz(100)
 @given(data=st.binary(max_size=300))
 def test_random_bytes_as_an_onnx_model_give_a_clear_error(scratch, data):
-    from img2img.translate import Translator
+    from img2img.inference.translator import Translator
 
     path = scratch / "model.onnx"
     path.write_bytes(data)

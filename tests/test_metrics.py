@@ -15,7 +15,7 @@ from rich.console import Console
 from torch import nn
 
 from img2img.errors import Img2ImgError
-from img2img.metrics import (
+from img2img.evaluation.metrics import (
     INCEPTION_FILE,
     INCEPTION_URL,
     evaluate_folders,

@@ -368,7 +368,7 @@ class FillingFile:
 
 def fill_disk_after(monkeypatch, writes: int, room: int = 4096) -> None:
     """The first `writes` checkpoint files are written in full; the next one meets a full disk."""
-    from img2img import checkpoint
+    from img2img.engine import checkpoint as checkpoint
 
     real_fdopen = os.fdopen
     count = {"n": 0}
@@ -398,7 +398,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_says_so(tiny_cyclegan, tmp_
 
 
 def test_disk_full_elsewhere_is_a_message_not_a_traceback(tiny_cyclegan, tmp_path, monkeypatch):
-    from img2img.train import Trainer
+    from img2img.engine.train import Trainer
 
     def write_samples(self):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.run.samples / f"step-{self.step}.png"))
@@ -410,7 +410,7 @@ def test_disk_full_elsewhere_is_a_message_not_a_traceback(tiny_cyclegan, tmp_pat
 
 
 def test_disk_full_on_the_first_checkpoint(tmp_path, monkeypatch):
-    from img2img.checkpoint import atomic_save
+    from img2img.engine.checkpoint import atomic_save
 
     fill_disk_after(monkeypatch, writes=0, room=10)
     with pytest.raises(Img2ImgError, match=r"disk full while writing .*first\.pt; no earlier first\.pt existed"):
@@ -419,7 +419,7 @@ def test_disk_full_on_the_first_checkpoint(tmp_path, monkeypatch):
 
 
 def test_checkpoints_get_ordinary_file_permissions(tmp_path):
-    from img2img.checkpoint import atomic_save
+    from img2img.engine.checkpoint import atomic_save
 
     mask = os.umask(0o022)
     try:
@@ -464,7 +464,7 @@ def signal_loss(plugin_manager):
 
 
 def test_sigterm_finishes_the_step_checkpoints_once_and_exits_143(tiny_cyclegan, tmp_path, signal_loss, monkeypatch):
-    from img2img import checkpoint
+    from img2img.engine import checkpoint as checkpoint
 
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     saved: list[tuple[str, int]] = []
@@ -539,7 +539,7 @@ def test_ctrl_c_checkpoints_exits_130_and_resume_continues(tiny_cyclegan, tmp_pa
 
 def test_kill_9_five_times_in_a_row_never_leaves_a_broken_checkpoint(tiny_cyclegan, tmp_path):
     """kill -9 at random moments, half of them while a checkpoint file is being written."""
-    from img2img.checkpoint import load_checkpoint
+    from img2img.engine.checkpoint import load_checkpoint
 
     seed = int(os.environ.get("IMG2IMG_KILL_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)

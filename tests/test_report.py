@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from img2img.errors import Img2ImgError
-from img2img.report import PALETTE, ema, load_run, read_metrics, split_series, timing_summary, write_report
+from img2img.evaluation.report import PALETTE, ema, load_run, read_metrics, split_series, timing_summary, write_report
 
 PIPELINE = """\
 task: cyclegan

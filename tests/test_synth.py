@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img2img import synth
+from img2img.datasets import synth as synth
 from img2img.data import TrainData, read_image
 from img2img.errors import Img2ImgError
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from img2img.default_plugins.resnet import resnet_6blocks
 from img2img.errors import Img2ImgError
-from img2img.tiling import (AUTO_OVERLAP, AUTO_TILE, InstanceNormStats, SizeAdapter, _axis_weights, blend_weights,
+from img2img.inference.tiling import (AUTO_OVERLAP, AUTO_TILE, InstanceNormStats, SizeAdapter, _axis_weights, blend_weights,
                             check_tiling, effective_tile, pad_to_multiple, ramp, tile_plan, tile_spans,
                             translate_tiled)
 

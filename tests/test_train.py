@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from img2img.errors import Img2ImgError
-from img2img.train import train
+from img2img.engine.train import train
 
 TIMING = ("seconds_per_step", "images_per_s")
 
@@ -83,7 +83,7 @@ def test_existing_run_folder_is_never_reused_silently(tiny_cyclegan, tmp_path):
 
 
 def test_ema_generator_is_checkpointed_and_used(tiny_cyclegan, tmp_path):
-    from img2img.checkpoint import load_generator
+    from img2img.engine.checkpoint import load_generator
 
     run = tmp_path / "run"
     train(tiny_cyclegan, out=run, overrides=["train.ema=0.9"])

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from img2img import transforms as T
+from img2img.data import transforms as T
 from img2img.errors import PipelineError
 
 REFERENCE = [

@@ -11,11 +11,11 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from img2img.checkpoint import load_generator
+from img2img.engine.checkpoint import load_generator
 from img2img.cli import app
 from img2img.data import image_bit_depth, read_image
 from img2img.errors import Img2ImgError
-from img2img.translate import Translator, translate_inputs
+from img2img.inference.translator import Translator, translate_inputs
 
 runner = CliRunner()
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from img2img import AdversarialLoss, hookimpl
+from img2img.hookspecs import hookimpl
+from img2img.losses import AdversarialLoss
 
 
 class L1Loss(nn.Module):

@@ -8,8 +8,8 @@ from typing import Annotated
 from pydantic import Field
 from torch import nn
 
-from img2img import hookimpl
 from img2img.default_plugins.layers import Gain, Init, Norm, Width, init_weights, norm_layer, uses_bias
+from img2img.hookspecs import hookimpl
 
 
 class NLayerDiscriminator(nn.Sequential):

@@ -11,9 +11,19 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from img2img import hookimpl
-from img2img.default_plugins.layers import (DropoutP, Gain, Init, Norm, Padding, UpsampleMode, Width,
-                                            init_weights, norm_layer, uses_bias)
+from img2img.default_plugins.layers import (
+    DropoutP,
+    Gain,
+    Init,
+    Norm,
+    Padding,
+    UpsampleMode,
+    Width,
+    init_weights,
+    norm_layer,
+    uses_bias,
+)
+from img2img.hookspecs import hookimpl
 
 N_DOWNSAMPLING = 2
 

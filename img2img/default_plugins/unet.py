@@ -13,14 +13,22 @@ of down blocks and a list of up blocks so that `UnetGenerator.features` can stop
 from collections.abc import Sequence
 from typing import Annotated
 
-from pydantic import Field
-
 import torch
+from pydantic import Field
 from torch import nn
 
-from img2img import hookimpl
-from img2img.default_plugins.layers import (DropoutP, Gain, Init, Norm, UpsampleMode, Width, init_weights,
-                                            norm_layer, uses_bias)
+from img2img.default_plugins.layers import (
+    DropoutP,
+    Gain,
+    Init,
+    Norm,
+    UpsampleMode,
+    Width,
+    init_weights,
+    norm_layer,
+    uses_bias,
+)
+from img2img.hookspecs import hookimpl
 
 
 def _up(in_ch: int, out_ch: int, upsample: UpsampleMode, bias: bool) -> list[nn.Module]:

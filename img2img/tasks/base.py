@@ -194,7 +194,7 @@ class Task:
 
     @classmethod
     def validate_size_multiple(cls, pipeline: PipelineBase, path: str, spec: GeneratorSpec) -> list[tuple[str, str]]:
-        from img2img import transforms
+        from img2img.data import transforms
         from img2img.registry import get_registry
 
         size = transforms.output_size(pipeline.data.transforms)

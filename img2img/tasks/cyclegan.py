@@ -10,8 +10,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from img2img import hookimpl
 from img2img.config import DiscriminatorSpec, GeneratorSpec, LossSpec, PipelineBase, StrictModel
+from img2img.hookspecs import hookimpl
 from img2img.tasks.base import ImagePool, Task, set_requires_grad, unwrap
 
 

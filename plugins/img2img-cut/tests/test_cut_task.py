@@ -13,10 +13,10 @@ from PIL import Image
 from rich.console import Console
 
 from img2img import hookimpl
-from img2img.checkpoint import load_checkpoint, load_generator
+from img2img.engine.checkpoint import load_checkpoint, load_generator
 from img2img.config import load_pipeline
 from img2img.errors import PipelineError
-from img2img.train import train
+from img2img.engine.train import train
 
 TIMING_KEYS = {"seconds_per_step", "images_per_s"}
 QUIET = Console(quiet=True)
@@ -89,7 +89,7 @@ def test_bf16_autocast_trains(tmp_path, make_cut_pipeline):
 def test_export_onnx(cut_run, tmp_path):
     import onnx
 
-    from img2img.export import export
+    from img2img.inference.export import export
 
     out = export(cut_run, tmp_path / "cut.onnx", console=QUIET)
     assert out.is_file()

@@ -21,7 +21,7 @@ from img2img import plugins
 from img2img.cli import app
 from img2img.config import load_pipeline
 from img2img.errors import PipelineError
-from img2img.train import train
+from img2img.engine.train import train
 
 PLUGIN_ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,10 +23,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from img2img import __version__
-from img2img.checkpoint import LoadedGenerator, load_generator
+from img2img._version import __version__
+from img2img.engine.checkpoint import LoadedGenerator, load_generator
 from img2img.errors import Img2ImgError, first_line
-from img2img.tiling import SizeAdapter
+from img2img.inference.tiling import SizeAdapter
 
 __all__ = ["export", "export_generator", "load_safetensors_generator", "onnx_metadata", "PARITY_FP16",
            "PARITY_FP32", "MIN_SIZE"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from img2img import __version__
+from img2img._version import __version__
 from img2img.errors import Img2ImgError
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")

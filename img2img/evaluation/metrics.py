@@ -161,7 +161,7 @@ def match_pairs(
     The matching rule is the one paired training uses (:func:`img2img.data.match_pairs`); only the advice
     in its error is changed, since the fix here is different.
     """
-    from img2img import data
+    from img2img.data import folders as data
 
     try:
         labels = ("the prediction folder", "the target folder")

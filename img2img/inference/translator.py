@@ -21,16 +21,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
 
-from img2img.checkpoint import LoadedGenerator, load_generator
-from img2img.data import (IMAGE_EXTENSIONS, ImageReadError, _pil_to_float, _to_channels, image_bit_depth,
-                          list_images, read_image, save_image, to_image_array, to_tensor)
+from img2img.data.folders import list_images
+from img2img.data.images import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    _pil_to_float,
+    _to_channels,
+    image_bit_depth,
+    read_image,
+    save_image,
+    to_image_array,
+    to_tensor,
+)
 from img2img.devices import select_device
+from img2img.engine.checkpoint import LoadedGenerator, load_generator
 from img2img.errors import Img2ImgError, first_line
-from img2img.tiling import InstanceNormStats, SizeAdapter, check_tiling, tile_plan, translate_tiled
+from img2img.inference.tiling import InstanceNormStats, SizeAdapter, check_tiling, tile_plan, translate_tiled
 
 __all__ = ["TranslateReport", "Translator", "physical_cores", "select_device", "translate_inputs"]
 
@@ -346,7 +356,7 @@ class Translator:
         if path.suffix.lower() == ".onnx":
             return cls.from_onnx(path, device=device, precision=precision, channels_last=channels_last, **options)
         if path.suffix.lower() == ".safetensors":
-            from img2img.export import load_safetensors_generator
+            from img2img.inference.export import load_safetensors_generator
 
             loaded = load_safetensors_generator(path)
             backend = _TorchBackend.from_loaded(loaded, device, precision, channels_last)

@@ -173,7 +173,7 @@ def synthesize(name: str, out: Path, *, seed: int = 0, count: int | None = None)
 
 
 def _readme(name: str, seed: int, train: int, test: int, size: int) -> str:
-    from img2img import __version__
+    from img2img._version import __version__
 
     if name == "shapes":
         what = (
@@ -194,7 +194,7 @@ def _readme(name: str, seed: int, train: int, test: int, size: int) -> str:
         f"train: {train} images per folder, test: {test} per folder, {size}x{size} RGB PNG.\n\n"
         f"Made by img2img {__version__} with fixed-seed drawing (Pillow ImageDraw, 4x supersampled):\n"
         f"  img2img datasets synth {name} OUT --seed {seed}{count}\n"
-        f"  python -c \"from img2img.synth import synthesize; synthesize('{name}', 'OUT', seed={seed}"
+        f"  python -c \"from img2img.datasets.synth import synthesize; synthesize('{name}', 'OUT', seed={seed}"
         f"{'' if train == _TRAIN_COUNT else f', count={train}'})\"\n"
         "The same seed gives byte-identical files.\n"
     )

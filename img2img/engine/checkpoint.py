@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from img2img import __version__
+from img2img._version import __version__
 from img2img.errors import Img2ImgError, first_line
 
 FORMAT = 1

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from img2img import checkpoint as ckpt_io
+from img2img.engine import checkpoint as ckpt_io
 from img2img.errors import Img2ImgError
-from img2img.tiling import SizeAdapter
+from img2img.inference.tiling import SizeAdapter
 
 HIGHER_IS_BETTER = {"psnr", "ssim"}
 PAIRED_METRICS = ("l1", "psnr", "ssim")
@@ -67,7 +67,7 @@ class Validator:
 
     @torch.no_grad()
     def scores(self) -> dict[str, float]:
-        from img2img.metrics import paired_scores
+        from img2img.evaluation.metrics import paired_scores
 
         trainer = self.trainer
         gens = trainer.generators_for_eval()

@@ -22,10 +22,10 @@ import yaml
 from rich.console import Console
 from torch import nn
 
-from img2img import __version__
-from img2img import checkpoint as ckpt_io
+from img2img._version import __version__
 from img2img.config import PipelineBase, apply_overrides, dump_pipeline, validate_pipeline
 from img2img.devices import select_device
+from img2img.engine import checkpoint as ckpt_io
 from img2img.errors import Img2ImgError
 from img2img.registry import get_registry
 from img2img.tasks.base import Precision, Task, unwrap
@@ -419,7 +419,7 @@ class Trainer:
 
     # -- run ----------------------------------------------------------------------------------
     def fit(self) -> Path:
-        from img2img.validation import Validator
+        from img2img.engine.validation import Validator
 
         train = self.train
         steps_per_epoch = self.data.steps_per_epoch
@@ -581,8 +581,14 @@ class _Progress:
         self.live = enabled and console.is_terminal
         self.progress = None
         if self.live:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -681,7 +687,7 @@ def _ensure_synth(pipeline: PipelineBase, console: Console) -> None:
     name = pipeline.data.synthesize
     if not name:
         return
-    from img2img.synth import ensure_synth
+    from img2img.datasets.synth import ensure_synth
 
     target = pipeline.data.a or pipeline.data.pairs
     if target is None:

@@ -1,0 +1,87 @@
+"""The `img2img` typer application, its consoles and how user errors are shown.
+
+User errors (`Img2ImgError`) print a message and exit 1 without a traceback; anything else is a
+bug and keeps its traceback. Command modules add their commands to `app`.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from img2img._version import __version__
+from img2img.errors import Img2ImgError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="img2img",
+    help="Image-to-image translation: train CycleGAN and pix2pix from YAML pipelines, translate folders, "
+         "export ONNX.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+datasets_app = typer.Typer(help="Demo data sets (synthesised, no download) and the public archives.",
+                           no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+def report_user_errors(fn: Callable) -> Callable:
+    """Img2ImgError -> message + exit 1; a signal-stopped training keeps its 130/143."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from img2img.engine.train import TrainingStopped
+
+        try:
+            return fn(*args, **kwargs)
+        except TrainingStopped as stop:
+            print_message(str(stop), style="yellow")
+            raise typer.Exit(stop.code) from None
+        except Img2ImgError as exc:
+            print_message(str(exc), prefix="error:")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            print_message("interrupted", style="yellow")
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            print_message(f"disk full{where}. Free some space and run the command again (a training continues "
+                          "with --resume from its last complete checkpoint).", prefix="error:")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+def print_message(text: str, *, prefix: str = "", style: str = "") -> None:
+    """A message to stderr as plain text: file names such as ``img[1].png`` are not read as markup,
+    and long paths are not broken across lines."""
+    line = Text()
+    if prefix:
+        line.append(prefix, style="red")
+        line.append(" ")
+    line.append(text, style=style)
+    err_console.print(line, highlight=False, soft_wrap=True)
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"img2img {__version__}")
+        raise typer.Exit()
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    """img2img: plugin-based image-to-image translation."""
+
+
+SetOption = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
+                         help="Override a pipeline field, e.g. --set train.max_steps=100 (value parsed as YAML).")
+
+

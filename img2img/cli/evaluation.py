@@ -1,0 +1,74 @@
+"""`img2img evaluate` and `img2img report`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from img2img.cli.base import app, console, report_user_errors
+from img2img.cli.inference import Direction
+from img2img.errors import Img2ImgError
+
+
+@app.command()
+@report_user_errors
+def evaluate(
+    pred_dir: Optional[Path] = typer.Argument(None, help="Folder of translated images."),
+    target_dir: Optional[Path] = typer.Argument(None, help="Folder of reference images."),
+    metrics: str = typer.Option("psnr,ssim", "--metrics", help="Comma list of psnr, ssim, mae, fid, kid."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {summary, per_image}."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write per-image rows to this CSV file."),
+    feature_weights: Optional[Path] = typer.Option(None, "--feature-weights",
+                                                   help="Inception-v3 weights for FID/KID (a torchvision .pth)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Translate the pipeline's test folder with this run first."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Pipeline whose data.test_a/test_b to use with --model."),
+    direction: Direction = typer.Option(Direction.a2b, "--direction", "-d"),
+    channels: int = typer.Option(3, "--channels", help="Channels to compare (1, 3 or 4)."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Score translations against references: PSNR/SSIM/MAE per pair, FID/KID per folder."""
+    from img2img.evaluation import metrics as m
+
+    if model is not None:
+        pred_dir, target_dir = _translate_test_split(model, data, direction.value, pred_dir)
+    if pred_dir is None or target_dir is None:
+        raise Img2ImgError("give PRED_DIR and TARGET_DIR, or --model RUN --data PIPELINE")
+    names = [x.strip() for x in metrics.split(",") if x.strip()]
+    result = m.evaluate_folders(pred_dir, target_dir, names, feature_weights=feature_weights, channels=channels,
+                                device=device)
+    if csv_path is not None:
+        m.write_csv(result, csv_path)
+    if as_json:
+        print(m.to_json(result))
+    else:
+        console.print(m.render_table(result))
+
+def _translate_test_split(model: Path, data: Optional[Path], direction: str, out: Optional[Path]):
+    from img2img.config import load_pipeline
+    from img2img.inference.translator import translate_inputs
+
+    if data is None:
+        raise Img2ImgError("--model needs --data PIPELINE (its data.test_a and data.test_b are used)")
+    p = load_pipeline(data)
+    src, ref = (p.data.test_a, p.data.test_b) if direction == "a2b" else (p.data.test_b, p.data.test_a)
+    if src is None or ref is None:
+        raise Img2ImgError(f"{data}: set data.test_a and data.test_b to evaluate with --model")
+    out = out or Path("runs") / f"eval-{p.name}-{direction}"
+    translate_inputs([src], model=model, out=out, direction=direction, overwrite=True, console=console)
+    return out, ref
+
+@app.command()
+@report_user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="Run folder written by img2img train."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
+) -> None:
+    """Write a self-contained HTML report: curves, samples over time, timing."""
+    from img2img.evaluation.report import write_report
+
+    path = write_report(run_dir, out)
+    console.print(f"[green]wrote[/] {escape(str(path))}")
+
+

@@ -1,0 +1,90 @@
+"""`img2img translate` and `img2img export`."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from img2img.cli.base import app, console, report_user_errors
+
+
+class Direction(str, Enum):
+    a2b = "a2b"
+    b2a = "b2a"
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+class ImageFormat(str, Enum):
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    tif = "tif"
+
+@app.command()
+@report_user_errors
+def translate(
+    inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Run folder, checkpoint (.pt) or exported .onnx file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (mirrors the input's relative paths)."),
+    direction: Direction = typer.Option(Direction.a2b, "--direction", "-d", help="a2b or b2a."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per batch (equal sizes batch together)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+    precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, bf16 or fp16."),
+    channels_last: bool = typer.Option(False, "--channels-last",
+                                       help="Run a torch model in channels_last (NHWC) layout; pays on CUDA."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Translate in tiles of N x N pixels."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", min=0,
+                                          help="Pixels shared by neighbouring tiles, blended (default 32 with "
+                                               "--tile, 64 when --max-pixels tiles)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels",
+                                             help="Tile automatically above this many pixels per image."),
+    tile_norm: str = typer.Option("global", "--tile-norm",
+                                  help="Instance-norm statistics for tiles: global (from a downscaled whole "
+                                       "image, no seams) or local (each tile its own)."),
+    fmt: Optional[ImageFormat] = typer.Option(None, "--format", help="Output format (default: keep the input's)."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the shorter side to N before translating."),
+    keep_depth: bool = typer.Option(False, "--keep-depth", help="Write 16-bit output for 16-bit input."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input could not be translated."),
+    no_ema: bool = typer.Option(False, "--no-ema", help="Use the trained generator, not its EMA."),
+) -> None:
+    """Translate images or folders; every output has exactly its input's size."""
+    from img2img.inference.translator import translate_inputs
+
+    report = translate_inputs(
+        inputs, model=model, out=out, direction=direction.value, batch_size=batch_size, device=device,
+        precision=precision.value, tile=tile, overlap=overlap, max_pixels=max_pixels, tile_norm=tile_norm,
+        fmt=fmt.value if fmt else None, resize=resize, keep_depth=keep_depth, overwrite=overwrite,
+        use_ema=not no_ema, channels_last=channels_last, console=console,
+    )
+    if report.failed and strict:
+        raise typer.Exit(1)
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    safetensors = "safetensors"
+
+@app.command()
+@report_user_errors
+def export(
+    model: Path = typer.Argument(..., help="Run folder or checkpoint (.pt)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx, or .safetensors with --format)."),
+    direction: Direction = typer.Option(Direction.a2b, "--direction", "-d", help="a2b or b2a."),
+    opset: int = typer.Option(18, "--opset", min=17, help="ONNX opset."),
+    half: bool = typer.Option(False, "--half", help="Store float16 weights (inputs and outputs stay float32)."),
+    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx or safetensors."),
+    no_ema: bool = typer.Option(False, "--no-ema", help="Export the trained generator, not its EMA."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the onnxruntime parity check."),
+) -> None:
+    """Export a generator to ONNX (checked against torch) or safetensors."""
+    from img2img.inference.export import export as run_export
+
+    run_export(model, out, direction=direction.value, opset=opset, half=half, fmt=fmt.value,
+               use_ema=not no_ema, check=not no_check, console=console)
+
+

@@ -1,0 +1,62 @@
+"""`img2img plugins` and `img2img components`."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from img2img.cli.base import app, console, report_user_errors
+from img2img.errors import Img2ImgError
+
+
+@app.command()
+@report_user_errors
+def plugins(
+    all_: bool = typer.Option(False, "--all", help="Include the built-in plugins."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List installed plugins: distribution, version, hooks, components and any load error."""
+    from img2img.plugins import plugin_infos
+
+    infos = [i for i in plugin_infos() if all_ or not i.builtin]
+    if as_json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    if not infos:
+        console.print("no third-party plugins installed (use --all to list the built-ins)")
+        return
+    table = Table(title="img2img plugins")
+    for col in ("name", "distribution", "version", "hooks", "components", "error"):
+        table.add_column(col, overflow="fold")
+    for i in infos:
+        table.add_row(i.name, i.distribution or "", i.version or "", ", ".join(i.hooks), ", ".join(i.components),
+                      "[red]" + "; ".join(i.errors) + "[/]" if i.errors else "")
+    console.print(table)
+
+@app.command()
+@report_user_errors
+def components(
+    kind: Optional[str] = typer.Argument(None, help="generator, discriminator, loss or task."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List registered components with their parameters, types and defaults."""
+    from img2img.registry import KINDS, get_registry, unknown_message
+
+    if kind is not None and kind not in KINDS:
+        raise Img2ImgError(unknown_message("kind", kind, list(KINDS)))
+    items = [c.describe() for c in get_registry().all(kind)]
+    if as_json:
+        print(json.dumps(items, indent=2))
+        return
+    table = Table(title="img2img components")
+    for col in ("kind", "name", "plugin", "parameters", "description"):
+        table.add_column(col, overflow="fold")
+    for c in items:
+        params = ", ".join(f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}")
+                           for p in c["parameters"])
+        table.add_row(c["kind"], c["name"], c["plugin"], params, c["doc"])
+    console.print(table)
+
+

@@ -1,0 +1,78 @@
+"""`img2img train` and `img2img validate`."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+
+from img2img.cli.base import SetOption, app, console, report_user_errors
+
+
+@app.command()
+@report_user_errors
+def train(
+    pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML file (optional with --resume)."),
+    set_: Optional[List[str]] = SetOption,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<name>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run folder or a checkpoint file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder at --out."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1,
+                                        help="Train on N processes on this machine (runs torchrun)."),
+) -> None:
+    """Train a pipeline; Ctrl-C checkpoints, --resume continues exactly."""
+    from img2img.engine import train as engine
+
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _exec_torchrun(nproc)
+    engine.train(pipeline, overrides=set_ or [], out=out, resume=resume, overwrite=overwrite, console=console)
+
+def _exec_torchrun(nproc: int) -> None:
+    """Re-run this command under torchrun (single node); torchrun sets WORLD_SIZE for the workers."""
+    args = [a for a in sys.argv[1:]]
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "img2img", *cleaned]
+    os.execv(sys.executable, command)
+
+@app.command()
+@report_user_errors
+def validate(
+    pipeline: Path = typer.Argument(..., help="Pipeline YAML file."),
+    set_: Optional[List[str]] = SetOption,
+    show: bool = typer.Option(False, "--show", help="Print the resolved pipeline (every default filled in)."),
+) -> None:
+    """Validate a pipeline without running it: every problem at once, with its YAML path."""
+    import yaml
+
+    from img2img.config import dump_pipeline, load_pipeline
+
+    p = load_pipeline(pipeline, set_ or [])
+    if show:
+        console.print(yaml.safe_dump(dump_pipeline(p), sort_keys=False), highlight=False, markup=False,
+                      soft_wrap=True)  # YAML to copy: no markup, no folded lines
+    model = getattr(p, "model", None)
+    parts = [f"task {p.task}", f"name {p.name}"]
+    if model is not None:
+        from img2img.config import ComponentSpec
+
+        for fname in type(model).model_fields:
+            value = getattr(model, fname)
+            if isinstance(value, ComponentSpec):
+                parts.append(f"{fname} {value.name}")
+    console.print(f"[green]ok[/] {escape(str(pipeline))}: " + escape(", ".join(parts)), highlight=False)
+
+

@@ -1,0 +1,233 @@
+"""`load_pipeline` and `validate_pipeline`: one YAML file, validated in one pass against the registry.
+
+Every problem is reported at once with its dotted YAML path (and line), unknown keys and names
+come with a "did you mean". Relative paths in a pipeline resolve against the YAML file's folder.
+"""
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+from pydantic import BaseModel, ValidationError
+
+from img2img.config.schema import PATH_FIELDS, ComponentSpec, PipelineBase
+from img2img.config.yaml_io import _line_index, _nearest_line, apply_overrides, read_yaml
+from img2img.errors import PipelineError
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineBase:
+    """Read, override, validate and resolve a pipeline file. Raises `PipelineError`."""
+    path = Path(path)
+    raw, text = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict) and overrides:
+        raw = apply_overrides(raw, overrides)
+    return validate_pipeline(raw, source=str(path), base_dir=path.resolve().parent, text=text)
+
+
+def validate_pipeline(raw: Any, *, source: str | None = None, base_dir: Path | None = None,
+                      text: str | None = None) -> PipelineBase:
+    from img2img.registry import get_registry, unknown_message
+
+    lines = _line_index(text) if text else {}
+
+    def fail(problems: list[tuple[str, str]]) -> PipelineError:
+        located = {p: _nearest_line(lines, p) for p, _ in problems}
+        return PipelineError(problems, source, {p: n for p, n in located.items() if n})
+
+    if not isinstance(raw, dict):
+        raise fail([("", f"a pipeline is a YAML mapping (task:, data:, model:, ...), got {type(raw).__name__}")])
+    registry = get_registry()
+    task_name = raw.get("task")
+    if not isinstance(task_name, str):
+        raise fail([("task", f"required: one of {', '.join(registry.names('task'))}")])
+    if not registry.has("task", task_name):
+        raise fail([("task", unknown_message("task", task_name, registry.names("task")))])
+    model_cls: type[PipelineBase] = registry.get("task", task_name).factory.Pipeline
+
+    _fill_default_names(model_cls, raw)
+    problems: list[tuple[str, str]] = []
+    pipeline = None
+    try:
+        pipeline = model_cls.model_validate(raw)
+    except ValidationError as exc:
+        problems += _format_errors(exc, model_cls)
+    problems += _check_components(model_cls, raw, (), registry)
+    data = raw.get("data")
+    if isinstance(data, dict):
+        from img2img.data import transforms
+
+        for key in ("transforms", "input_transforms"):
+            if isinstance(data.get(key), list):
+                problems += transforms.validate_stages(data[key], f"data.{key}")
+    if problems:
+        raise fail(_dedupe(problems))
+    assert pipeline is not None
+    _fill_component_defaults(pipeline, registry)
+    if base_dir is not None:
+        _resolve_paths(pipeline, base_dir)
+    task_cls = registry.get("task", task_name).factory
+    problems = list(task_cls.validate(pipeline)) if hasattr(task_cls, "validate") else []
+    if problems:
+        raise fail(problems)
+    return pipeline
+
+
+def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    seen, out = set(), []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def _model_type(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel class inside ``X``, ``X | None`` or ``Optional[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_type(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _check_components(model_cls: type[BaseModel], raw: Any, prefix: tuple, registry) -> list[tuple[str, str]]:
+    """Validate every ComponentSpec's name and params against the registry."""
+    from img2img.registry import unknown_message
+
+    problems: list[tuple[str, str]] = []
+    if not isinstance(raw, dict):
+        raw = {}
+    for fname, finfo in model_cls.model_fields.items():
+        sub = _model_type(finfo.annotation)
+        if sub is None:
+            continue
+        value = raw.get(fname)
+        path = prefix + (fname,)
+        if issubclass(sub, ComponentSpec):
+            if value is None:
+                if fname in raw:
+                    continue
+                default = finfo.get_default(call_default_factory=True)
+                if default is None:
+                    continue
+                value = default.ref() if isinstance(default, ComponentSpec) else default
+            if isinstance(value, str):
+                value = {"name": value}
+            if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+                continue  # the structural pass reports it
+            name = value["name"]
+            if not registry.has(sub.kind, name):
+                problems.append((".".join(path + ("name",)), unknown_message(sub.kind, name, registry.names(sub.kind))))
+                continue
+            params = {k: v for k, v in value.items() if k not in sub.model_fields}
+            try:
+                registry.validate(sub.kind, name, params)
+            except ValidationError as exc:
+                params_cls = registry.get(sub.kind, name).params
+                for err in exc.errors():
+                    loc = tuple(str(x) for x in err["loc"])
+                    problems.append((".".join(path + loc), _message(err, params_cls, loc)))
+        else:
+            problems += _check_components(sub, value, path, registry)
+    return problems
+
+
+def _fill_default_names(model_cls: type[BaseModel], raw: Any) -> None:
+    """``model.generator: {ngf: 32}`` keeps the default generator's name: only its params change."""
+    if not isinstance(raw, dict):
+        return
+    for fname, finfo in model_cls.model_fields.items():
+        sub = _model_type(finfo.annotation)
+        value = raw.get(fname)
+        if sub is None or not isinstance(value, dict):
+            continue
+        if issubclass(sub, ComponentSpec):
+            if "name" not in value:
+                default = finfo.get_default(call_default_factory=True)
+                if isinstance(default, ComponentSpec):
+                    value["name"] = default.name
+        else:
+            _fill_default_names(sub, value)
+
+
+def _fill_component_defaults(model: BaseModel, registry) -> None:
+    for fname in type(model).model_fields:
+        value = getattr(model, fname)
+        if isinstance(value, ComponentSpec):
+            validated = registry.validate(value.kind, value.name, value.params)
+            value.__pydantic_extra__ = {k: getattr(validated, k) for k in type(validated).model_fields}
+        elif isinstance(value, BaseModel):
+            _fill_component_defaults(value, registry)
+
+
+def _resolve_paths(pipeline: PipelineBase, base_dir: Path) -> None:
+    def resolve(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = p.expanduser()
+        return p if p.is_absolute() else (base_dir / p).resolve()
+
+    data = pipeline.data
+    for f in PATH_FIELDS:
+        setattr(data, f, resolve(getattr(data, f)))
+    if data.val is not None:
+        data.val.a = resolve(data.val.a)
+        data.val.b = resolve(data.val.b)
+
+
+def _format_errors(exc: ValidationError, model_cls: type[BaseModel]) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(str(x) for x in err["loc"])
+        out.append((".".join(loc), _message(err, model_cls, loc)))
+    return out
+
+
+def _message(err: dict, model_cls: type[BaseModel] | None, loc: tuple) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _fields_at(model_cls, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+        if close:
+            return f"unknown key; did you mean '{close[0]}'?"
+        return f"unknown key; allowed: {', '.join(known)}" if known else "unknown key"
+    if kind == "missing":
+        return "required"
+    msg = err["msg"]
+    if "input" in err and kind not in ("model_type", "dict_type"):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def _fields_at(model_cls: type[BaseModel] | None, loc: tuple) -> list[str]:
+    current = model_cls
+    for part in loc:
+        if current is None:
+            return []
+        finfo = current.model_fields.get(part)
+        if finfo is None:
+            return []
+        current = _model_type(finfo.annotation)
+    if current is None:
+        return []
+    return [f for f in current.model_fields]
+
+
+
+def dump_pipeline(pipeline: PipelineBase) -> dict:
+    """The resolved pipeline as plain YAML-able data (paths as strings, every default filled in)."""
+    return pipeline.model_dump(mode="json")
+
+
+def pipeline_from_dict(data: dict) -> PipelineBase:
+    """Re-validate a resolved pipeline (from a checkpoint or a run's pipeline.yaml)."""
+    return validate_pipeline(data, source="checkpoint pipeline")

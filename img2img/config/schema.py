@@ -1,0 +1,116 @@
+"""The pipeline schema: pydantic models every task's pipeline is built from (no registry here).
+
+A task's ``Pipeline`` subclasses `PipelineBase` with its own ``model`` and ``losses`` sections; the
+component specs (``{name: ..., **params}``) are checked against the registry by `img2img.config`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Direction = Literal["a2b", "b2a"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class ComponentSpec(BaseModel):
+    """``{name: ..., **params}``: the params are checked against the component's factory."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: ClassVar[str] = ""
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
+
+    def ref(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
+class GeneratorSpec(ComponentSpec):
+    kind: ClassVar[str] = "generator"
+
+
+class DiscriminatorSpec(ComponentSpec):
+    kind: ClassVar[str] = "discriminator"
+
+
+class LossSpec(ComponentSpec):
+    kind: ClassVar[str] = "loss"
+    weight: float = Field(1.0, ge=0)
+
+
+class Channels(StrictModel):
+    a: Literal[1, 3, 4] = 3
+    b: Literal[1, 3, 4] = 3
+
+
+class ValConfig(StrictModel):
+    a: Path
+    b: Path | None = None
+
+
+class DataConfig(StrictModel):
+    a: Path | None = None
+    b: Path | None = None
+    pairs: Path | None = None
+    direction: Direction = "a2b"
+    channels: Channels = Field(default_factory=Channels)
+    transforms: list[dict[str, Any]] = Field(default_factory=list)
+    input_transforms: list[dict[str, Any]] = Field(default_factory=list)
+    test_a: Path | None = None
+    test_b: Path | None = None
+    val: ValConfig | None = None
+    synthesize: str | None = None
+    skip_unreadable: bool = False
+    num_workers: int = Field(2, ge=0)
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _one_number_for_both(cls, value: Any) -> Any:
+        return {"a": value, "b": value} if isinstance(value, int) else value
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(100, ge=0)
+    decay_epochs: int = Field(100, ge=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    lr_d: float | None = Field(None, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    betas_d: tuple[float, float] | None = None
+    pool_size: int = Field(50, ge=0)
+    device: str = "auto"
+    precision: Literal["fp32", "bf16-mixed", "fp16-mixed"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(500, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(3, ge=0)
+    tensorboard: bool = False
+    on_nan: Literal["stop", "skip"] = "stop"
+    ema: float | None = Field(None, gt=0, lt=1)
+    val_every: int | None = Field(None, ge=1)
+    val_metric: Literal["l1", "psnr", "ssim", "cycle_l1"] | None = None
+    samples: int = Field(4, ge=1, le=16)
+
+
+class PipelineBase(StrictModel):
+    """Fields every task shares; a task's `Pipeline` subclasses it with its `model` and `losses`."""
+
+    task: str
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+PATH_FIELDS = ("a", "b", "pairs", "test_a", "test_b")
+

@@ -1,0 +1,1 @@
+"""The training engine: the loop, its run folder and checkpoints, validation, precision and torchrun."""

@@ -1,0 +1,1 @@
+"""Judging a model: image-quality metrics, feature extractors, and the HTML report of a run."""

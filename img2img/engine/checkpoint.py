@@ -365,3 +365,36 @@ def load_generator(path: Path, direction: str = "a2b", *, use_ema: bool = True) 
     return LoadedGenerator(module=generator, direction=direction, in_channels=cin, out_channels=cout,
                            size_multiple=int(getattr(generator, "size_multiple", 1)), pipeline=pipeline,
                            ema=used_ema, checkpoint=Path(where))
+
+
+def save_inference_checkpoint(run_dir: Path, *, pipeline, nets: dict[str, dict[str, torch.Tensor]],
+                              translators: dict[str, str], source: dict[str, Any]) -> Path:
+    """Write a run folder holding only translators: ``pipeline.yaml``, ``plugins.json`` and
+    ``checkpoints/last.pt`` (e.g. from weights trained elsewhere; see ``img2img import``).
+
+    `nets` maps a key of the task's ``nets`` to its state dict, `translators` a direction to the key
+    of the net that translates it, and `source` records where the weights came from. translate,
+    export, evaluate and serve use the run like any other; ``--resume`` refuses it (no optimiser state).
+    """
+    import json
+
+    import yaml
+
+    from img2img.config import dump_pipeline
+    from img2img.registry import get_registry
+
+    run_dir = Path(run_dir)
+    origins = component_origins(pipeline, get_registry())
+    state = {
+        "format": FORMAT, "img2img_version": __version__, "task": pipeline.task,
+        "pipeline": dump_pipeline(pipeline), "plugins": origins,
+        "step": 0, "epoch": 0, "step_in_epoch": 0, "world_size": 1,
+        "nets": {k: {n: t.detach().cpu().contiguous() for n, t in sd.items()} for k, sd in nets.items()},
+        "generators": dict(translators), "optimizers": {}, "amp": {}, "ema": {}, "extra": {}, "rng": {},
+        "best": None, "source": source, "resumable": False,
+    }
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    atomic_save(state, run_dir / "checkpoints" / "last.pt")
+    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(state["pipeline"], sort_keys=False), encoding="utf-8")
+    (run_dir / "plugins.json").write_text(json.dumps(origins, indent=2) + "\n", encoding="utf-8")
+    return run_dir / "checkpoints" / "last.pt"

@@ -34,3 +34,11 @@ def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message (or its type name), for one-line user errors."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def did_you_mean(word: object, options, *, cutoff: float = 0.6) -> str:
+    """``"did you mean 'x'?"`` for the closest of `options` to `word`, or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=cutoff)
+    return f"did you mean '{close[0]}'?" if close else ""

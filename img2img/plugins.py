@@ -2,8 +2,9 @@
 
 A plugin that fails to import, implements an unknown hook or clashes with another is recorded in
 `plugin_infos()` and shown by ``img2img plugins``; it never breaks the command line. Set
-``IMG2IMG_STRICT_PLUGINS=1`` to raise instead, and ``IMG2IMG_LOAD_PLUGINS=dist-a,dist-b`` to load
-only those distributions (an empty value loads none).
+``IMG2IMG_STRICT_PLUGINS=1`` to raise instead, and ``IMG2IMG_LOAD_PLUGINS=a,b`` to load only those
+plugins (distribution or entry-point names; an empty value loads none). This module knows nothing of
+components: `img2img.registry` asks the plugins it loads for them.
 """
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ from dataclasses import dataclass, field
 import pluggy
 
 from img2img import hookspecs
+from img2img._version import __version__
 from img2img.errors import PluginError
 
 ENTRY_POINT_GROUP = "img2img"
+LOAD_ENV = "IMG2IMG_LOAD_PLUGINS"
+STRICT_ENV = "IMG2IMG_STRICT_PLUGINS"
+OWN_DISTRIBUTION = "img2img-pipeline"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "img2img.default_plugins.resnet",
@@ -60,26 +65,35 @@ class PluginInfo:
         }
 
 
-_pm: pluggy.PluginManager | None = None
-_infos: dict[str, PluginInfo] = {}
+@dataclass
+class _State:
+    pm: pluggy.PluginManager | None = None
+    infos: dict[str, PluginInfo] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # entry point -> why it was not loaded
+    unknown_names: list[str] = field(default_factory=list)  # names in IMG2IMG_LOAD_PLUGINS matching nothing
+    generation: int = 0
+
+
+_state = _State()
 
 
 def strict() -> bool:
-    return os.environ.get("IMG2IMG_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+    return os.environ.get(STRICT_ENV, "") not in ("", "0", "false", "no")
 
 
-def _normalise(name: str) -> str:
+def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _allowed_distributions() -> set[str] | None:
-    value = os.environ.get("IMG2IMG_LOAD_PLUGINS")
+def allowed_names() -> set[str] | None:
+    """The plugins IMG2IMG_LOAD_PLUGINS allows (normalised names), or None when it is not set."""
+    value = os.environ.get(LOAD_ENV)
     if value is None:
         return None
-    return {_normalise(v) for v in value.split(",") if v.strip()}
+    return {normalise(v.strip()) for v in value.split(",") if v.strip()}
 
 
-def _hook_names(plugin: object) -> list[str]:
+def hook_names(plugin: object) -> list[str]:
     return sorted(
         n for n in dir(plugin) if not n.startswith("_") and hasattr(getattr(plugin, n, None), "img2img_impl")
     )
@@ -87,7 +101,7 @@ def _hook_names(plugin: object) -> list[str]:
 
 def _register(pm: pluggy.PluginManager, plugin: object, info: PluginInfo) -> bool:
     """Register one plugin; a hook the contract does not know makes the plugin invalid."""
-    info.hooks = _hook_names(plugin)
+    info.hooks = hook_names(plugin)
     unknown = [h for h in info.hooks if not hasattr(pm.hook, h) or not hasattr(hookspecs, h)]
     if unknown:
         known = ", ".join(n for n in dir(hookspecs) if n.startswith("register_"))
@@ -105,15 +119,20 @@ def _register(pm: pluggy.PluginManager, plugin: object, info: PluginInfo) -> boo
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
-    allowed = _allowed_distributions()
+    allowed = allowed_names()
+    matched: set[str] = set()
     seen: dict[str, PluginInfo] = {}
     for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
         dist = ep.dist.name if ep.dist is not None else None
         version = ep.dist.version if ep.dist is not None else None
-        if allowed is not None and _normalise(dist or ep.name) not in allowed:
-            continue
+        if allowed is not None:
+            names = {normalise(ep.name)} | ({normalise(dist)} if dist else set())
+            if not names & allowed:
+                _state.skipped[ep.name] = dist or ep.name
+                continue
+            matched |= names & allowed
         info = PluginInfo(name=ep.name, module=ep.value, distribution=dist, version=version)
-        if ep.name in _infos and _infos[ep.name].builtin:
+        if ep.name in _state.infos and _state.infos[ep.name].builtin:
             info.errors.append(f"load: the name '{ep.name}' belongs to a built-in plugin; rename the entry point")
         elif ep.name in seen:
             other = seen[ep.name]
@@ -134,57 +153,98 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                 if not _register(pm, plugin, info) and strict():
                     raise PluginError(f"plugin '{ep.name}' from {dist}: {'; '.join(info.errors)}")
         seen.setdefault(ep.name, info)
-        key = ep.name if ep.name not in _infos else f"{ep.name} ({dist})"
-        _infos[key] = info
+        key = ep.name if ep.name not in _state.infos else f"{ep.name} ({dist})"
+        _state.infos[key] = info
+    _state.unknown_names = sorted(allowed - matched) if allowed is not None else []
+    if _state.unknown_names and strict():
+        raise PluginError(f"{LOAD_ENV} names no installed plugin: {', '.join(_state.unknown_names)}")
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, loaded on first use."""
-    global _pm
-    if _pm is None:
+    if _state.pm is None:
         pm = pluggy.PluginManager("img2img")
         pm.add_hookspecs(hookspecs)
-        _infos.clear()
+        _state.infos.clear()
+        _state.skipped.clear()
         for module_name in DEFAULT_PLUGINS:
             module = importlib.import_module(module_name)
             info = PluginInfo(name=module_name, module=module_name, builtin=True,
-                              distribution="img2img-pipeline", version=_own_version())
+                              distribution=OWN_DISTRIBUTION, version=__version__)
             if not _register(pm, module, info):
                 raise PluginError(f"built-in plugin {module_name}: {'; '.join(info.errors)}")
-            _infos[module_name] = info
-        _pm = pm
+            _state.infos[module_name] = info
+        _state.pm = pm
         _load_entry_points(pm)
-    return _pm
+        _state.generation += 1
+    return _state.pm
+
+
+def generation() -> int:
+    """Changes whenever the set of plugins may have changed (for caches built from the plugins)."""
+    return _state.generation
 
 
 def plugin_infos() -> list[PluginInfo]:
-    """Every plugin seen, loaded or not, built-ins first; components filled in from the registry."""
-    from img2img.registry import get_registry
-
+    """Every plugin seen, loaded or not, built-ins first (`img2img.registry.plugin_listing` adds the
+    components each registered)."""
     pm = get_plugin_manager()
     for name, plugin in pm.list_name_plugin():
-        if name not in _infos:  # registered directly, e.g. by a test or an application
-            _infos[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", type(plugin).__name__),
-                                      hooks=_hook_names(plugin))
-    get_registry()  # fills components and registration problems
-    return list(_infos.values())
+        info_for(name, plugin)
+    return list(_state.infos.values())
 
 
-def info_for(plugin_name: str) -> PluginInfo | None:
-    return _infos.get(plugin_name)
+def info_for(plugin_name: str, plugin: object | None = None) -> PluginInfo | None:
+    """The record of a plugin; one registered directly (a test, an application) gets one made here."""
+    info = _state.infos.get(plugin_name)
+    if info is None and plugin is not None:
+        info = PluginInfo(name=plugin_name, module=getattr(plugin, "__name__", type(plugin).__name__),
+                          hooks=hook_names(plugin))
+        _state.infos[plugin_name] = info
+    return info
 
 
-def _own_version() -> str:
-    from img2img._version import __version__
+def not_loaded_reason(distribution: str | None) -> str | None:
+    """Why the plugin of `distribution` is installed but not loaded (IMG2IMG_LOAD_PLUGINS), if it is."""
+    if distribution is None:
+        return None
+    wanted = normalise(distribution)
+    for ep_name, dist in _state.skipped.items():
+        if normalise(dist) == wanted or normalise(ep_name) == wanted:
+            return f"installed but not loaded ({LOAD_ENV}={os.environ.get(LOAD_ENV, '')!r})"
+    return None
 
-    return __version__
+
+def unknown_load_names() -> list[str]:
+    """Names in IMG2IMG_LOAD_PLUGINS that match no installed plugin (typos)."""
+    get_plugin_manager()
+    return list(_state.unknown_names)
+
+
+def register_plugin(plugin: object, name: str) -> None:
+    """Register a plugin object or module directly (tests, applications embedding img2img)."""
+    pm = get_plugin_manager()
+    info = PluginInfo(name=name, module=getattr(plugin, "__name__", type(plugin).__name__))
+    _state.infos[name] = info
+    if not _register(pm, plugin, info):
+        raise PluginError(f"plugin '{name}': {'; '.join(info.errors)}")
+    _state.generation += 1
+
+
+def unregister_plugin(plugin_or_name: object) -> None:
+    """Remove a plugin registered with `register_plugin` (or any registered plugin) and forget it."""
+    pm = get_plugin_manager()
+    plugin = pm.get_plugin(plugin_or_name) if isinstance(plugin_or_name, str) else plugin_or_name
+    name = pm.get_name(plugin) if plugin is not None else plugin_or_name
+    if plugin is not None and pm.is_registered(plugin):
+        pm.unregister(plugin)
+    _state.infos.pop(name, None)
+    _state.generation += 1
 
 
 def reset() -> None:
-    """Forget the plugin manager and registry (tests, or after installing a plugin in-process)."""
-    global _pm
-    _pm = None
-    _infos.clear()
-    from img2img import registry
-
-    registry._cache.clear()
+    """Forget the plugin manager (tests, or after installing a plugin in-process); reloaded on next use."""
+    _state.pm = None
+    _state.infos.clear()
+    _state.skipped.clear()
+    _state.generation += 1

@@ -7,14 +7,14 @@ name that is already registered (the clash is recorded on that plugin and shown 
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from img2img.errors import Img2ImgError
+from img2img import plugins
+from img2img.errors import Img2ImgError, did_you_mean
 
 KINDS = ("generator", "discriminator", "loss", "task")
 HOOKS = {
@@ -148,13 +148,22 @@ class Registry:
         return [self._components[k][n] for k in kinds for n in sorted(self._components[k])]
 
     def has(self, kind: str, name: str) -> bool:
-        return name in self._components[kind]
+        try:
+            self.get(kind, name)
+        except Img2ImgError:
+            return False
+        return True
 
     def get(self, kind: str, name: str) -> Component:
-        try:
-            return self._components[kind][name]
-        except KeyError:
-            raise Img2ImgError(unknown_message(kind, name, self.names(kind))) from None
+        """The component `name` of `kind`; ``<plugin>:<name>`` picks the one a given plugin registered."""
+        found = self._components[kind].get(name)
+        if found is None and isinstance(name, str) and ":" in name:
+            plugin, _, base = name.rpartition(":")
+            found = next((c for c in self._components[kind].values()
+                          if c.plugin == plugin and c.name.rpartition(":")[2] == base), None)
+        if found is None:
+            raise Img2ImgError(unknown_message(kind, name, self.names(kind)))
+        return found
 
     def validate(self, kind: str, name: str, params: Mapping[str, Any]) -> BaseModel:
         component = self.get(kind, name)
@@ -191,9 +200,9 @@ def split_ref(ref: Any) -> tuple[str, dict[str, Any]]:
 
 
 def unknown_message(kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"unknown {kind} '{name}'; {hint}known: {', '.join(known) or 'none'} (see `img2img components {kind}`)"
+    hint = did_you_mean(name, known)
+    return (f"unknown {kind} '{name}'; {hint + ' ' if hint else ''}known: {', '.join(known) or 'none'} "
+            f"(see `img2img components {kind}`)")
 
 
 _cache: dict[tuple, Registry] = {}
@@ -201,36 +210,39 @@ _cache: dict[tuple, Registry] = {}
 
 def get_registry() -> Registry:
     """The registry for the plugins registered now (rebuilt when the plugin set changes)."""
-    from img2img import plugins
-
     pm = plugins.get_plugin_manager()
-    key = tuple((name, id(p)) for name, p in pm.list_name_plugin())
+    key = (plugins.generation(), tuple((name, id(p)) for name, p in pm.list_name_plugin()))
     if key not in _cache:
         _cache.clear()
         _cache[key] = _build_registry(pm)
     return _cache[key]
 
 
-def _build_registry(pm) -> Registry:
-    from img2img import plugins
+def plugin_listing() -> list[plugins.PluginInfo]:
+    """Every plugin with the components it registered and any problem (what `img2img plugins` shows)."""
+    get_registry()
+    return plugins.plugin_infos()
 
+
+def _build_registry(pm) -> Registry:
+    """Ask every plugin for its components, built-ins first.
+
+    Names are global per kind. A built-in name can never be taken. When two plugins register the same
+    name, neither gets it -- whichever was installed first or sorts first -- and both are told; each
+    stays reachable as ``<plugin>:<name>`` (e.g. ``generator: {name: "template:small_conv"}``).
+    """
     registry = Registry()
-    for info in plugins._infos.values():
+    for info in plugins.plugin_infos():
         info.components.clear()
         info.errors[:] = [e for e in info.errors if not e.startswith("register:")]
+    offered: list[tuple[str, str, Callable[..., Any], plugins.PluginInfo]] = []
     for kind in KINDS:
         hook = getattr(pm.hook, HOOKS[kind])
-        # get_hookimpls() is in registration order: built-ins first, then entry points.
-        for impl in hook.get_hookimpls():
-            plugin_name = impl.plugin_name
-            info = plugins.info_for(plugin_name)
-            if info is None:
-                info = plugins.PluginInfo(name=plugin_name, module=getattr(impl.plugin, "__name__", plugin_name),
-                                          hooks=plugins._hook_names(impl.plugin))
-                plugins._infos[plugin_name] = info
+        for impl in hook.get_hookimpls():  # registration order: built-ins first, then entry points
+            info = plugins.info_for(impl.plugin_name, impl.plugin)
 
             def register(name: str, factory: Callable[..., Any], *, _kind=kind, _info=info) -> None:
-                _register_one(registry, _kind, name, factory, _info)
+                offered.append((_kind, name, factory, _info))
 
             try:
                 impl.function(register=register) if "register" in impl.argnames else impl.function()
@@ -238,33 +250,51 @@ def _build_registry(pm) -> Registry:
                 if plugins.strict():
                     raise
                 info.errors.append(f"register: {HOOKS[kind]} raised {type(exc).__name__}: {exc}")
+    owners: dict[tuple[str, str], list[plugins.PluginInfo]] = {}
+    for kind, name, _, info in offered:
+        if isinstance(name, str) and info not in owners.setdefault((kind, name), []):
+            owners[(kind, name)].append(info)
+    done: set[tuple[str, str, str]] = set()
+    for kind, name, factory, info in offered:
+        if (kind, name, info.name) in done:
+            _problem(registry, info, f"{kind} '{name}' is registered twice by this plugin; the first is kept")
+            continue
+        done.add((kind, name, info.name))
+        rivals = [o for o in owners.get((kind, name), []) if o is not info] if isinstance(name, str) else []
+        builtin = next((o for o in owners.get((kind, name), []) if o.builtin), None) if rivals else None
+        if builtin is not None and not info.builtin:
+            _problem(registry, info, f"{kind} '{name}' is a built-in name (from {builtin.name}); rename it")
+            continue
+        if rivals and not info.builtin:
+            named = ", ".join(f"{o.name} ({o.distribution or 'registered directly'})" for o in rivals)
+            _problem(registry, info, f"{kind} '{name}' is also registered by {named}; neither gets the name. "
+                                     f"Refer to it as '{info.name}:{name}', or uninstall one of them")
+            _register_one(registry, kind, f"{info.name}:{name}", factory, info)
+            continue
+        _register_one(registry, kind, name, factory, info)
     return registry
 
 
+def _problem(registry: Registry, info: plugins.PluginInfo, message: str) -> None:
+    info.errors.append(f"register: {message}")
+    registry.problems.append((info.name, message))
+    if plugins.strict():
+        raise Img2ImgError(f"plugin '{info.name}': {message}")
+
+
 def _register_one(registry: Registry, kind: str, name: str, factory: Callable[..., Any], info) -> None:
-    from img2img import plugins
-
-    def problem(message: str) -> None:
-        info.errors.append(f"register: {message}")
-        registry.problems.append((info.name, message))
-        if plugins.strict():
-            raise Img2ImgError(f"plugin '{info.name}': {message}")
-
     if not isinstance(name, str) or not name:
-        return problem(f"{kind} name must be a non-empty string, got {name!r}")
-    if registry.has(kind, name):
-        existing = registry.get(kind, name)
-        return problem(f"{kind} '{name}' is already registered by {existing.plugin}"
-                       f"{' (built-in)' if existing.distribution == 'img2img-pipeline' else ''}; not replaced")
+        return _problem(registry, info, f"{kind} name must be a non-empty string, got {name!r}")
     if kind == "task":
         params = None
         if not (inspect.isclass(factory) and hasattr(factory, "Pipeline")):
-            return problem(f"task '{name}' must be a class with a `Pipeline` model (see img2img.tasks.Task)")
+            return _problem(registry, info, f"task '{name}' must be a class with a `Pipeline` model "
+                                            "(see img2img.tasks.Task)")
     else:
         try:
-            params = params_model(kind, name, factory)
+            params = params_model(kind, name.rpartition(":")[2], factory)
         except ParamsProblem as exc:
-            return problem(str(exc))
+            return _problem(registry, info, str(exc))
     doc = (inspect.getdoc(factory) or "").strip().splitlines()
     registry.add(Component(kind=kind, name=name, factory=factory, params=params, plugin=info.name,
                            distribution=info.distribution, version=info.version, doc=doc[0] if doc else ""))

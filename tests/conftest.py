@@ -27,8 +27,7 @@ def plugin_manager():
     yield pm
     for name, plugin in list(pm.list_name_plugin()):
         if name not in before:
-            pm.unregister(plugin)
-            plugins._infos.pop(name, None)
+            plugins.unregister_plugin(plugin)
 
 
 @pytest.fixture

@@ -147,7 +147,41 @@ def test_builtin_names_cannot_be_shadowed(plugin_manager):
     registry = get_registry()
     assert registry.get("generator", "resnet_9blocks").plugin == "img2img.default_plugins.resnet"
     info = plugins.info_for("shadow-plugin")
-    assert any("already registered" in e for e in info.errors)
+    assert any("'resnet_9blocks' is a built-in name" in e for e in info.errors)
+
+
+def _small(width: int):
+    def factory(in_channels: int, out_channels: int) -> nn.Module:
+        return nn.Conv2d(in_channels, out_channels, 1) if width else nn.Identity()
+    return factory
+
+
+@pytest.mark.parametrize("order", [("aaa-plugin", "zzz-plugin"), ("zzz-plugin", "aaa-plugin")])
+def test_a_name_two_plugins_register_goes_to_neither_whatever_the_order(plugin_manager, order):
+    made = {}
+    for name in order:
+        class Plugin:
+            @img2img.hookimpl
+            def register_generators(self, register, _name=name):
+                register("shared_gen", _small(1 if _name == "aaa-plugin" else 0))
+
+        made[name] = Plugin()
+        plugin_manager.register(made[name], name=name)
+    registry = get_registry()
+    assert not registry.has("generator", "shared_gen")
+    for name, other in (("aaa-plugin", "zzz-plugin"), ("zzz-plugin", "aaa-plugin")):
+        errors = " ".join(plugins.info_for(name).errors)
+        assert f"also registered by {other}" in errors and f"'{name}:shared_gen'" in errors
+    # each stays reachable by its qualified name, and the pipeline validator accepts it
+    net = registry.build("generator", {"name": "aaa-plugin:shared_gen"}, in_channels=3, out_channels=3)
+    assert isinstance(net, nn.Conv2d)
+    assert isinstance(registry.build("generator", "zzz-plugin:shared_gen", in_channels=3, out_channels=3),
+                      nn.Identity)
+    from img2img.config import validate_pipeline
+
+    p = validate_pipeline({"task": "cyclegan", "data": {"a": "x", "b": "y"},
+                           "model": {"generator": {"name": "aaa-plugin:shared_gen"}}})
+    assert p.model.generator.name == "aaa-plugin:shared_gen"
 
 
 def test_unannotated_parameter_is_a_plugin_problem(plugin_manager):

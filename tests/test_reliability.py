@@ -265,7 +265,7 @@ def test_checkpoint_from_a_newer_img2img(translate_run, tmp_path):
                       "pip install -U")
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "text", "not-a-dict", "no-generators"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "text", "not-a-dict", "no-translators"])
 def test_damaged_checkpoints_are_named(translate_run, tmp_path, damage):
     good = (translate_run / "checkpoints" / "last.pt").read_bytes()
     path = tmp_path / "model.pt"
@@ -283,9 +283,9 @@ def test_damaged_checkpoints_are_named(translate_run, tmp_path, damage):
         expected = "is not an img2img checkpoint"
     else:
         state = torch.load(translate_run / "checkpoints" / "last.pt", weights_only=True)
-        del state["generators"]
+        del state["translators"]
         torch.save(state, path)
-        expected = "missing or wrong generators (expected dict)"
+        expected = "missing or wrong translators (expected dict)"
     assert_user_error(invoke("export", path, "--out", tmp_path / "g.onnx"), path, expected)
     assert_user_error(invoke("train", "--resume", path), path, expected)
 
@@ -368,17 +368,20 @@ class FillingFile:
 
 def fill_disk_after(monkeypatch, writes: int, room: int = 4096) -> None:
     """The first `writes` checkpoint files are written in full; the next one meets a full disk."""
-    from img2img.engine import checkpoint as checkpoint
+    from img2img import atomic
 
-    real_fdopen = os.fdopen
+    real_open = open
     count = {"n": 0}
 
-    def fdopen(fd, *args, **kwargs):
-        fh = real_fdopen(fd, *args, **kwargs)
-        count["n"] += 1
-        return FillingFile(fh, room) if count["n"] > writes else fh
+    def open_(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        if mode == "wb" and ".pt." in Path(file).name:  # the temporary file of a checkpoint
+            count["n"] += 1
+            if count["n"] > writes:
+                return FillingFile(fh, room)
+        return fh
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
+    monkeypatch.setattr(atomic, "open", open_, raising=False)
 
 
 def test_disk_full_keeps_the_previous_checkpoint_and_says_so(tiny_cyclegan, tmp_path, monkeypatch):

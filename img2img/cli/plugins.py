@@ -18,9 +18,9 @@ def plugins(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List installed plugins: distribution, version, hooks, components and any load error."""
-    from img2img.plugins import plugin_infos
+    from img2img.registry import plugin_listing
 
-    infos = [i for i in plugin_infos() if all_ or not i.builtin]
+    infos = [i for i in plugin_listing() if all_ or not i.builtin]
     if as_json:
         print(json.dumps([i.as_dict() for i in infos], indent=2))
         return

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from img2img import atomic
 from img2img.errors import Img2ImgError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -317,15 +317,7 @@ def save_image(path: Path, arr: np.ndarray, *, bit_depth: int = 8) -> None:
         options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
         im.save(buffer, format=fmt, **options)
         data = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_bytes(path, data)
 
 
 def _encode_sixteen_bit(arr: np.ndarray, fmt: str, path: Path) -> bytes:

@@ -1,66 +1,57 @@
-"""Checkpoints: atomic writes, ``weights_only`` loads, and the checks that make them portable.
+"""Checkpoints: atomic writes, ``weights_only`` loads, the checks that make them portable, and the
+translator of a run rebuilt from one.
 
 A checkpoint is self-describing: the resolved pipeline, the plugin versions that provided each
-component and every piece of state, so translate and export need nothing else.
+component, every piece of training state, and for each direction the tensors its translator is made
+of, so translate, export and serve rebuild the translator alone (no discriminators, optimisers or
+heads), EMA weights included.
 """
 from __future__ import annotations
 
 import errno
-import os
+import math
 import pickle
-import random
 import re
-import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from img2img import atomic
 from img2img._version import __version__
+from img2img.engine.provenance import check_components, component_origins
+from img2img.engine.translators import read_ema_entry, translator_state
 from img2img.errors import Img2ImgError, first_line
 
-FORMAT = 1
+FORMAT = 2
+"""1: img2img 0.1 (a generator net per direction); 2: translators recorded tensor by tensor, schedulers."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+    """`torch.save` to `path` atomically (see `img2img.atomic`).
 
     A crash, Ctrl-C, ``kill -9`` or a full disk leaves the previous file intact; a file system
     error (disk full, permission denied, read-only) is an `Img2ImgError` that says so.
     """
     path = Path(path)
-    tmp: str | None = None
+    existed = path.exists()
     writer: _RecordingWriter | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic.atomic_write(path, "wb") as fh:
             writer = _RecordingWriter(fh)
             torch.save(obj, writer)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+    except (OSError, RuntimeError) as exc:
         # torch's zip writer turns the OSError of a failed write into a RuntimeError; the writer kept it
         cause = exc if isinstance(exc, OSError) else writer.error if writer is not None else None
-        if cause is None or not isinstance(exc, (OSError, RuntimeError)):
+        if cause is None:
             raise
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+        kept = f"the previous {path.name} is intact" if existed else f"no earlier {path.name} existed"
+        then = "then continue with --resume" if existed and path.name == "last.pt" else "then run the command again"
         if cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise Img2ImgError(f"disk full while writing {path}; {kept}. Free some space, then continue with "
-                               "--resume.") from None
+            raise Img2ImgError(f"disk full while writing {path}; {kept}. Free some space, {then}.") from None
         raise Img2ImgError(f"cannot write {path}: {cause.strerror or cause}; {kept}. Fix the folder's "
-                           "permissions or free space, then continue with --resume.") from None
-    _fsync_dir(path.parent)
+                           f"permissions or free space, {then}.") from None
 
 
 class _RecordingWriter:
@@ -81,57 +72,6 @@ class _RecordingWriter:
     def flush(self) -> None:
         self.fh.flush()
 
-
-def _mode_for(path: Path) -> int:
-    """Keep an existing file's permissions; a new one gets what open() would give (0o666 less the umask).
-
-    mkstemp creates files readable by their owner only, which would hide checkpoints from a group.
-    """
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # no portable way to read it without setting it
-    os.umask(mask)
-    return mask
-
-
-def remove_partial_files(folder: Path) -> list[Path]:
-    """Delete the temporary files that a killed `atomic_save` left behind (``.NAME.*.tmp``).
-
-    Only the process that owns a run folder may call this: another writer's file in progress would go too.
-    """
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        try:
-            tmp.unlink()
-            removed.append(tmp)
-        except OSError:
-            pass
-    return removed
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def find_checkpoint(path: Path, name: str = "last.pt") -> Path:
@@ -154,8 +94,8 @@ def find_checkpoint(path: Path, name: str = "last.pt") -> Path:
 
 # top-level entries every img2img checkpoint has, with their types
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "pipeline": dict, "nets": dict, "generators": dict, "step": int, "epoch": int, "step_in_epoch": int,
-    "optimizers": dict, "rng": dict,
+    "pipeline": dict, "nets": dict, "step": int, "epoch": int, "step_in_epoch": int, "optimizers": dict,
+    "rng": dict,
 }
 
 
@@ -186,11 +126,19 @@ def load_checkpoint(path: Path, *, check_plugins: bool = True) -> dict:
         raise Img2ImgError(f"{path} is not an img2img checkpoint (no pipeline/nets inside)")
     made_by = str(ckpt.get("img2img_version", "0"))
     fmt = ckpt.get("format", 1)
-    if _version_tuple(made_by) > _version_tuple(__version__) or not isinstance(fmt, int) or fmt > FORMAT:
-        raise Img2ImgError(f"{path} was written by img2img {made_by} (checkpoint format {fmt}), newer than this "
-                           f"img2img {__version__}; upgrade with `pip install -U img2img-pipeline`")
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise Img2ImgError(f"{path} is damaged or not an img2img checkpoint: its format is {fmt!r}, not a number")
+    if _version_tuple(made_by) > _version_tuple(__version__):
+        raise Img2ImgError(f"{path} was written by img2img {made_by}, newer than this img2img {__version__}; "
+                           "upgrade with `pip install -U img2img-pipeline`")
+    if fmt > FORMAT:
+        raise Img2ImgError(f"{path} uses checkpoint format {fmt}, newer than the format {FORMAT} this img2img "
+                           f"{__version__} reads (it says it was written by img2img {made_by}); upgrade with "
+                           "`pip install -U img2img-pipeline`")
     wrong = [f"{key} (expected {_type_name(kind)})" for key, kind in _REQUIRED.items()
              if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool)]
+    if not isinstance(ckpt.get("translators" if fmt >= 2 else "generators"), dict):
+        wrong.append("translators (expected dict)" if fmt >= 2 else "generators (expected dict)")
     if wrong:
         raise Img2ImgError(f"{path} is damaged or not an img2img checkpoint: missing or wrong {', '.join(wrong)}")
     if check_plugins:
@@ -226,89 +174,18 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def check_components(ckpt: dict, path: Path) -> None:
-    """Every component the checkpoint was made with must be registered now.
-
-    The message names the distribution and version that provided each missing one, so the fix is
-    one ``pip install``.
-    """
-    from img2img.registry import get_registry
-
-    registry = get_registry()
-    origins = ckpt.get("plugins") or {}
-    if not isinstance(origins, dict):
-        raise Img2ImgError(f"{path} is damaged: its plugin record is a {type(origins).__name__}, not a mapping")
-    missing, installs = [], []
-    for key, origin in origins.items():
-        kind, _, name = str(key).partition(":")
-        if kind not in ("generator", "discriminator", "loss", "task") or registry.has(kind, name):
-            continue
-        origin = origin if isinstance(origin, dict) else {}
-        dist, version = origin.get("distribution"), origin.get("version")
-        made_by = f"{dist or 'an unknown distribution'}{' ' + str(version) if version else ''}"
-        missing.append(f"{kind} '{name}' from {made_by}")
-        if dist:
-            spec = f"{dist}=={version}" if version else str(dist)
-            if spec not in installs:
-                installs.append(spec)
-    if missing:
-        how = f"pip install {' '.join(sorted(installs))}" if installs else "install the plugins that provide them"
-        raise Img2ImgError(f"{path} needs plugins that are not installed: {'; '.join(missing)}. "
-                           f"Install them ({how}) and try again.")
 
 
-def component_origins(pipeline, registry) -> dict[str, dict]:
-    """``"kind:name" -> {plugin, distribution, version}`` for every component a pipeline uses."""
-    from pydantic import BaseModel
-
-    from img2img.config import ComponentSpec
-
-    out = {}
-    task = registry.get("task", pipeline.task)
-    out[f"task:{task.name}"] = {"plugin": task.plugin, "distribution": task.distribution, "version": task.version}
-
-    def walk(model) -> None:
-        for fname in type(model).model_fields:
-            value = getattr(model, fname)
-            if isinstance(value, ComponentSpec):
-                c = registry.get(value.kind, value.name)
-                out[f"{c.kind}:{c.name}"] = {"plugin": c.plugin, "distribution": c.distribution, "version": c.version}
-            elif isinstance(value, BaseModel):
-                walk(value)
-
-    walk(pipeline)
-    return out
+remove_partial_files = atomic.remove_partial_files
 
 
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": _to_plain(random.getstate()),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
-    return value
+# ---------------------------------------------------------------------------------------------
+# the translator of a run
 
 
 @dataclass
-class LoadedGenerator:
-    """A generator rebuilt from a checkpoint, in eval mode, with what translate and export need."""
+class LoadedTranslator:
+    """A run's translator for one direction, rebuilt alone from a checkpoint, in eval mode."""
 
     module: torch.nn.Module
     direction: str
@@ -318,6 +195,7 @@ class LoadedGenerator:
     pipeline: Any
     ema: bool
     checkpoint: Path
+    source: dict | None = None
 
     @property
     def task(self) -> str:
@@ -328,11 +206,41 @@ class LoadedGenerator:
         return self.pipeline.name
 
 
-def load_generator(path: Path, direction: str = "a2b", *, use_ema: bool = True) -> LoadedGenerator:
-    """Rebuild the task from a checkpoint's pipeline and return its generator for `direction`.
+LoadedGenerator = LoadedTranslator  # the name img2img 0.1 used
 
-    With `use_ema` (the default) the exponential moving average of the generator is used when the
-    run kept one (``train.ema``).
+
+def size_multiple(module: torch.nn.Module) -> int:
+    """Heights and widths `module` needs multiples of: its own `size_multiple`, else the least common
+    multiple of its parts' (a translator composed of several networks)."""
+    own = getattr(module, "size_multiple", None)
+    if isinstance(own, int) and own >= 1:
+        return own
+    multiple = 1
+    for part in module.modules():
+        value = getattr(part, "size_multiple", None)
+        if isinstance(value, int) and value > 1:
+            multiple = math.lcm(multiple, value)
+    return multiple
+
+
+def translator_sources_of(ckpt: dict, direction: str) -> dict[str, list[str]]:
+    """Where each tensor of the `direction` translator lives in ``ckpt["nets"]`` (format 1 or 2)."""
+    if ckpt.get("format", 1) >= 2:
+        sources = ckpt["translators"].get(direction)
+        if not isinstance(sources, dict):
+            raise KeyError(direction)
+        return sources
+    key = ckpt["generators"].get(direction)
+    if not isinstance(ckpt["nets"].get(key), dict):
+        raise KeyError(direction)
+    return {name: [key, name] for name in ckpt["nets"][key]}
+
+
+def load_translator(path: Path, direction: str = "a2b", *, use_ema: bool = True) -> LoadedTranslator:
+    """The `direction` translator of a run folder or checkpoint, built by its task's
+    ``build_translator`` (nothing else of the task is built) and filled from the checkpoint.
+
+    With `use_ema` (the default) the exponential moving average is used when the run kept one.
     """
     from img2img.config import validate_pipeline
     from img2img.registry import get_registry
@@ -344,27 +252,48 @@ def load_generator(path: Path, direction: str = "a2b", *, use_ema: bool = True) 
     if direction not in task_cls.directions:
         raise Img2ImgError(f"the {pipeline.task} model in {where} translates "
                            f"{' and '.join(task_cls.directions)} only, not {direction}")
-    task = task_cls(pipeline, device="cpu")
-    generator = task.generator(direction)
+    task = task_cls.for_inference(pipeline, device="cpu")
+    module = task.build_translator(direction)
     ema = ckpt.get("ema")
-    ema_state = ema.get(direction) if isinstance(ema, dict) else None
-    used_ema = bool(use_ema and isinstance(ema_state, dict) and ema_state)
-    if used_ema:
-        state = {k[len("module."):]: v for k, v in ema_state.items() if k.startswith("module.")}
-    else:
-        state = ckpt["nets"].get(ckpt["generators"].get(direction))
-        if not isinstance(state, dict):
-            raise Img2ImgError(f"{where} is damaged: it holds no weights for the {direction} generator")
+    entry = ema.get(direction) if isinstance(ema, dict) else None
+    used_ema = bool(use_ema and isinstance(entry, dict) and entry)
     try:
-        generator.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise Img2ImgError(f"{where} is damaged: its {direction} generator weights do not fit the generator its "
-                           f"pipeline describes ({first_line(exc)})") from None
-    generator.eval()
+        if used_ema:
+            state = read_ema_entry(entry)[0]
+        else:
+            state = translator_state(ckpt["nets"], translator_sources_of(ckpt, direction))
+    except KeyError as exc:
+        raise Img2ImgError(f"{where} is damaged: it holds no weights for the {direction} translator "
+                           f"(missing {exc.args[0]})") from None
+    _load_state(module, state, f"{where} is damaged: its {direction} translator weights do not fit the "
+                               "translator its pipeline describes")
+    module.eval()
     cin, cout = task.channels(direction)
-    return LoadedGenerator(module=generator, direction=direction, in_channels=cin, out_channels=cout,
-                           size_multiple=int(getattr(generator, "size_multiple", 1)), pipeline=pipeline,
-                           ema=used_ema, checkpoint=Path(where))
+    return LoadedTranslator(module=module, direction=direction, in_channels=cin, out_channels=cout,
+                            size_multiple=size_multiple(module), pipeline=pipeline, ema=used_ema,
+                            checkpoint=Path(where), source=ckpt.get("source"))
+
+
+load_generator = load_translator  # the name img2img 0.1 used
+
+
+def _load_state(module: torch.nn.Module, state: dict, what: str) -> None:
+    """`load_state_dict` whose error names the first keys that are missing, unexpected or mis-shaped."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} ({tuple(state[k].shape)} in the file, {tuple(own[k].shape)} expected)" for k in own
+              if k in state and torch.is_tensor(state[k]) and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if keys:
+            problems.append(f"{label}: {', '.join(keys[:3])}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}")
+    if problems:
+        raise Img2ImgError(f"{what} ({'; '.join(problems)})")
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise Img2ImgError(f"{what} ({first_line(exc)})") from None
 
 
 def save_inference_checkpoint(run_dir: Path, *, pipeline, nets: dict[str, dict[str, torch.Tensor]],
@@ -385,16 +314,16 @@ def save_inference_checkpoint(run_dir: Path, *, pipeline, nets: dict[str, dict[s
 
     run_dir = Path(run_dir)
     origins = component_origins(pipeline, get_registry())
+    plain = {k: {n: t.detach().cpu().contiguous() for n, t in sd.items()} for k, sd in nets.items()}
     state = {
         "format": FORMAT, "img2img_version": __version__, "task": pipeline.task,
         "pipeline": dump_pipeline(pipeline), "plugins": origins,
-        "step": 0, "epoch": 0, "step_in_epoch": 0, "world_size": 1,
-        "nets": {k: {n: t.detach().cpu().contiguous() for n, t in sd.items()} for k, sd in nets.items()},
-        "generators": dict(translators), "optimizers": {}, "amp": {}, "ema": {}, "extra": {}, "rng": {},
+        "step": 0, "epoch": 0, "step_in_epoch": 0, "world_size": 1, "nets": plain,
+        "translators": {d: {n: [key, n] for n in plain[key]} for d, key in translators.items()},
+        "optimizers": {}, "schedulers": {}, "amp": {}, "ema": {}, "extra": {}, "rng": {},
         "best": None, "source": source, "resumable": False,
     }
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_save(state, run_dir / "checkpoints" / "last.pt")
-    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(state["pipeline"], sort_keys=False), encoding="utf-8")
-    (run_dir / "plugins.json").write_text(json.dumps(origins, indent=2) + "\n", encoding="utf-8")
+    atomic.write_text(run_dir / "pipeline.yaml", yaml.safe_dump(state["pipeline"], sort_keys=False))
+    atomic.write_text(run_dir / "plugins.json", json.dumps(origins, indent=2) + "\n")
     return run_dir / "checkpoints" / "last.pt"

@@ -12,8 +12,6 @@ import contextlib
 import copy
 import io
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from img2img import atomic
 from img2img._version import __version__
 from img2img.engine.checkpoint import LoadedGenerator, load_generator
 from img2img.errors import Img2ImgError, first_line
@@ -194,28 +193,23 @@ def export_generator(generator: nn.Module, out: Path, *, in_channels: int, out_c
     model.doc_string = ("img2img generator: input 'image' float32 NCHW in [-1, 1] (x / 127.5 - 1), output "
                         "'translated' of the same height and width ((y + 1) * 127.5); dynamic batch, height, width.")
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     data_name = f"{out.name}.data" if weight_bytes > EXTERNAL_DATA_BYTES else None
+    diff = None
     try:
-        import onnx_ir
+        with atomic.atomic_path(out) as tmp:
+            import onnx_ir
 
-        onnx_ir.save(model, tmp, external_data=data_name)
-        onnx.checker.check_model(str(tmp))
-        diff = None
-        if check:
-            diff, shapes = _parity(tmp, reference, in_channels)
-            limit = PARITY_FP16 if half else PARITY_FP32
-            if not diff <= limit:
-                raise Img2ImgError(
-                    f"onnxruntime disagrees with torch on {out.name}: max abs difference {diff:.3g} on {shapes} "
-                    f"exceeds {limit:g}; the file was not written. Try another --opset"
-                    + ("" if half else " or report the generator") + ".")
-        os.replace(tmp, out)
+            onnx_ir.save(model, tmp, external_data=data_name)
+            onnx.checker.check_model(str(tmp))
+            if check:
+                diff, shapes = _parity(tmp, reference, in_channels)
+                limit = PARITY_FP16 if half else PARITY_FP32
+                if not diff <= limit:
+                    raise Img2ImgError(
+                        f"onnxruntime disagrees with torch on {out.name}: max abs difference {diff:.3g} on {shapes} "
+                        f"exceeds {limit:g}; the file was not written. Try another --opset"
+                        + ("" if half else " or report the generator") + ".")
     except BaseException:
-        tmp.unlink(missing_ok=True)
         if data_name:
             (out.parent / data_name).unlink(missing_ok=True)
         raise
@@ -281,21 +275,10 @@ def _export_safetensors(loaded: LoadedGenerator, out: Path, *, half: bool, conso
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in loaded.module.state_dict().items()}
     _check_unshared(state, loaded)
-    out.parent.mkdir(parents=True, exist_ok=True)
     sidecar = _sidecar_path(out)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    fd2, tmp_json = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd2, "w") as fh:
-            json.dump(info, fh, indent=2)
-        save_file(state, tmp_name, metadata={"img2img": json.dumps(info)})
-        os.replace(tmp_name, out)
-        os.replace(tmp_json, sidecar)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        Path(tmp_json).unlink(missing_ok=True)
-        raise
+    with atomic.atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata={"img2img": json.dumps(info)})
+    atomic.write_text(sidecar, json.dumps(info, indent=2))
     console.print(f"[green]exported[/] {out} ({out.stat().st_size / 2**20:.1f} MiB{', float16' if half else ''}) "
                   f"and {sidecar.name}", highlight=False)
     return out

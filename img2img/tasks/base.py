@@ -1,54 +1,42 @@
-"""The task contract: a training recipe the generic loop drives without knowing about GANs.
+"""The task contract: a training recipe that the engine drives without knowing about GANs.
 
-A task subclass sets ``Pipeline`` (its pydantic pipeline model), ``data_kind`` (``"unpaired"`` or
-``"paired"``) and ``directions``, builds its networks in ``build()`` (into ``self.nets`` and
-``self.optimizers``), performs one optimisation step in ``train_step(batch)`` and returns its loss
-terms as detached tensors, and gives the generator for each direction through ``generator()``.
+A task subclass sets ``Pipeline`` (its pydantic pipeline model) and ``data_kind`` (``"unpaired"`` or
+``"paired"``), builds its networks in ``build()`` into ``self.nets`` and its optimisers into
+``self.optimizers``, and performs one optimisation step in ``train_step(batch)``, returning its loss
+terms as detached tensors. What the engine would otherwise have to guess, the task says:
+
+- **Translators.** ``translator_nets = {"a2b": "g_ab", ...}`` names the net that translates each
+  direction; a translator made of several networks (``decoder_b(encoder_a(x))``) overrides
+  ``translator(direction)`` to compose them from ``self.nets`` and ``build_translator(direction)`` to
+  build a fresh one without the rest of the task. translate, export and serve call only
+  ``build_translator`` and load the translator's weights; the engine checkpoints (and keeps the EMA
+  of) exactly the tensors ``translator(direction)`` uses, wherever they live in ``self.nets``.
+- **Wrapping.** ``self.build_net(...)`` and ``self.setup(module)`` return the network placed on the
+  training device and wrapped as the run needs (SyncBatchNorm and DistributedDataParallel under
+  torchrun, ``torch.compile`` with ``train.compile``); anything stored into ``self.nets`` is set up
+  the same way. Keep what they return (or read ``self.nets[key]``): a reference to a network taken
+  before it was set up would train without gradient sync, and the engine refuses such a task.
+  ``unwrap(net)`` gives the plain module (e.g. to call a discriminator without synchronising it).
+- **Learning rate.** ``configure_schedulers()`` returns a ``torch.optim.lr_scheduler`` per optimiser
+  (default: constant for ``train.epochs``, then linear decay over ``train.decay_epochs``, as the
+  reference); the engine steps them every epoch (``scheduler_interval = "step"``: every step),
+  checkpoints them and logs each optimiser's rate as ``lr_<name>``.
+- **Non-finite losses.** ``self.optimise(loss, *optimizers)`` does one backward and steps the
+  optimisers; under ``train.on_nan: skip`` a non-finite loss on any torchrun rank skips the update
+  on every rank.
 """
 from __future__ import annotations
 
 import contextlib
+import weakref
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from img2img.config import GeneratorSpec, PipelineBase
-
-
-class Precision:
-    """Autocast and gradient scaling for one precision setting (fp32, bf16-mixed, fp16-mixed)."""
-
-    def __init__(self, precision: str, device: torch.device) -> None:
-        self.name = precision
-        self.device = device
-        self.dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(precision)
-        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16-mixed" else None
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-        else:
-            optimizer.step()
-
-    def update(self) -> None:
-        if self.scaler is not None:
-            self.scaler.update()
-
-    def state_dict(self) -> dict:
-        return self.scaler.state_dict() if self.scaler is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.scaler is not None and state:
-            self.scaler.load_state_dict(state)
+from img2img.precision import Precision
 
 
 class ImagePool:
@@ -120,28 +108,68 @@ def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
+def reference_decay(epoch: int, train: Any) -> float:
+    """The reference schedule's factor for `epoch` (0-based): 1 for ``train.epochs`` epochs, then a
+    linear decay to zero over ``train.decay_epochs``. ``max_steps`` only ends training early."""
+    return max(0.0, 1.0 - max(0, epoch + 1 - train.epochs) / float(train.decay_epochs + 1))
+
+
+class Nets(nn.ModuleDict):
+    """The task's networks by name; a module stored here is set up (device, wrappers) on the way in."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        object.__setattr__(self, "_task", weakref.proxy(task))
+
+    def __setitem__(self, key: str, module: nn.Module) -> None:
+        super().__setitem__(key, self._task.setup(module))
+
+
 class Task:
     """Base class of training recipes; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
     Pipeline: ClassVar[type[PipelineBase]] = PipelineBase
     data_kind: ClassVar[str] = "unpaired"
+    translator_nets: ClassVar[dict[str, str]] = {}
+    """direction -> key of the net in `nets` that translates it (the usual case: one generator each)."""
     directions: ClassVar[tuple[str, ...]] = ("a2b", "b2a")
+    """The directions the task translates; defaults to the keys of `translator_nets` when it is set."""
+    scheduler_interval: ClassVar[str] = "epoch"
+    """When the engine steps the learning-rate schedulers: every ``"epoch"`` or every ``"step"``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("translator_nets") and "directions" not in cls.__dict__:
+            cls.directions = tuple(cls.translator_nets)
 
     def __init__(self, pipeline: PipelineBase, *, device: torch.device | str = "cpu",
-                 precision: Precision | None = None, registry: Any = None) -> None:
+                 precision: Precision | None = None, registry: Any = None,
+                 setup: Callable[[nn.Module], nn.Module] | None = None,
+                 agree: Callable[[bool], bool] | None = None, build: bool = True) -> None:
         from img2img.registry import get_registry
 
         self.pipeline = pipeline
         self.device = torch.device(device)
         self.amp = precision or Precision("fp32", self.device)
         self.registry = registry or get_registry()
-        self.nets = nn.ModuleDict()
+        self._setup_fn = setup
+        self._agree = agree or (lambda flag: flag)
+        self._set_up: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._plain = 0
+        self.nets = Nets(self)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.skip_nonfinite = pipeline.train.on_nan == "skip"
-        self.skipped_steps = 0
-        self.build()
-        self.nets.to(self.device)
+        self.skipped_updates = 0
+        if build:
+            self.build()
+            self.schedulers = dict(self.configure_schedulers())
+
+    @classmethod
+    def for_inference(cls, pipeline: PipelineBase, *, device: torch.device | str = "cpu") -> Task:
+        """An instance whose `build()` did not run: for `build_translator` (translate, export, serve)."""
+        return cls(pipeline, device=device, build=False)
 
     # -- to implement -----------------------------------------------------------------------
     def build(self) -> None:
@@ -150,32 +178,70 @@ class Task:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def generator(self, direction: str) -> nn.Module:
-        """The (unwrapped) generator translating in `direction`."""
-        raise NotImplementedError
-
-    def sample_columns(self, batch: dict[str, torch.Tensor], generators: dict[str, nn.Module]) -> list[torch.Tensor]:
+    def sample_columns(self, batch: dict[str, torch.Tensor], translators: dict[str, nn.Module]) -> list[torch.Tensor]:
         """Columns of the sample grid, each [B, C, H, W] in [-1, 1]."""
         raise NotImplementedError
+
+    # -- translators ------------------------------------------------------------------------
+    def translator(self, direction: str) -> nn.Module:
+        """The module translating `direction` during training, made of (possibly wrapped) `nets`."""
+        if type(self).generator is not Task.generator:  # a task written against img2img 0.1
+            return self.generator(direction)
+        key = self.translator_nets.get(direction)
+        if key is None:
+            raise NotImplementedError(
+                f"task '{self.name or type(self).__name__}' names no translator for {direction}: set "
+                "translator_nets = {direction: key of nets} or override translator()")
+        return self.nets[key]
+
+    def build_translator(self, direction: str) -> nn.Module:
+        """A new, untrained translator for `direction`, built without the rest of the task.
+
+        The default builds ``model.generator`` with the direction's channels; a task whose translator
+        is not one generator overrides this (and `translator`). Its state-dict names must be those of
+        `translator(direction)` without wrappers.
+        """
+        spec = getattr(getattr(self.pipeline, "model", None), "generator", None)
+        if spec is None:
+            raise NotImplementedError(f"task '{self.name or type(self).__name__}' has no model.generator; "
+                                      "override build_translator(direction)")
+        cin, cout = self.channels(direction)
+        with self.plain_nets():
+            return self.build_net("generator", spec, in_channels=cin, out_channels=cout)
+
+    def generator(self, direction: str) -> nn.Module:
+        """The plain (unwrapped) translator of `direction`; the name img2img 0.1 used."""
+        return unwrap(self.translator(direction))
 
     def channels(self, direction: str) -> tuple[int, int]:
         ch = self.pipeline.data.channels
         return (ch.a, ch.b) if direction == "a2b" else (ch.b, ch.a)
 
+    # -- state beyond nets and optimisers --------------------------------------------------------
     def extra_state(self) -> dict:
         return {}
 
     def load_extra_state(self, state: dict) -> None:
         pass
 
+    # -- learning rate ------------------------------------------------------------------------
+    def configure_schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """A scheduler per optimiser; the default is the reference's constant-then-linear decay."""
+        def factor(epoch: int) -> float:  # a plain function: LambdaLR does not save it, it reads the pipeline
+            return reference_decay(epoch, self.pipeline.train)
+
+        return {name: torch.optim.lr_scheduler.LambdaLR(opt, factor) for name, opt in self.optimizers.items()}
+
+    # -- pipeline checks ----------------------------------------------------------------------
     @classmethod
     def validate(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
         """Cross-field checks run after the pipeline validated; returns (dotted path, message)."""
         problems = cls.validate_data(pipeline)
-        problems += cls.validate_size_multiple(pipeline, "model.generator", pipeline.model.generator)
+        model = getattr(pipeline, "model", None)
+        if isinstance(getattr(model, "generator", None), GeneratorSpec):
+            problems += cls.validate_size_multiple(pipeline, "model.generator", model.generator)
         return problems
 
-    # -- helpers for subclasses -------------------------------------------------------------
     @classmethod
     def validate_data(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
         data = pipeline.data
@@ -195,14 +261,11 @@ class Task:
     @classmethod
     def validate_size_multiple(cls, pipeline: PipelineBase, path: str, spec: GeneratorSpec) -> list[tuple[str, str]]:
         from img2img.data import transforms
-        from img2img.registry import get_registry
 
         size = transforms.output_size(pipeline.data.transforms)
         if size is None:
             return []
-        with torch.device("meta"), _weights_left_uninitialised():  # no memory, whatever ngf says
-            net = get_registry().build("generator", spec.ref(), in_channels=3, out_channels=3)
-        multiple = int(getattr(net, "size_multiple", 1))
+        multiple = size_multiple_of(spec)
         bad = [s for s in size if s % multiple]
         if bad:
             return [("data.transforms", f"the training crop {size[0]}x{size[1]} is not a multiple of {multiple}, "
@@ -210,11 +273,32 @@ class Task:
                                         f"{max(multiple, size[0] // multiple * multiple)} or change the generator")]
         return []
 
+    # -- helpers for subclasses -------------------------------------------------------------
+    def setup(self, module: nn.Module) -> nn.Module:
+        """Place `module` on the training device and wrap it as the run needs; keep what this returns."""
+        if module in self._set_up:
+            return module
+        if self._plain or self._setup_fn is None:
+            module = module.to(self.device)
+            if self.pipeline.train.channels_last and not self._plain:
+                module = module.to(memory_format=torch.channels_last)
+        else:
+            module = self._setup_fn(module)
+        self._set_up.add(module)
+        return module
+
+    @contextlib.contextmanager
+    def plain_nets(self):
+        """Within this block `build_net`/`setup` only move networks to the device, without wrappers."""
+        self._plain += 1
+        try:
+            yield
+        finally:
+            self._plain -= 1
+
     def build_net(self, kind: str, spec: Any, **io: int) -> nn.Module:
-        net = self.registry.build(kind, spec.ref() if hasattr(spec, "ref") else spec, **io)
-        if self.pipeline.train.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        return net
+        """Build a component from the registry and set it up (see `setup`)."""
+        return self.setup(self.registry.build(kind, spec.ref() if hasattr(spec, "ref") else spec, **io))
 
     def build_loss(self, spec: Any) -> nn.Module:
         return self.registry.build("loss", spec.ref() if hasattr(spec, "ref") else spec).to(self.device)
@@ -231,12 +315,12 @@ class Task:
     def optimise(self, loss: torch.Tensor, *optimizers: torch.optim.Optimizer) -> None:
         """One backward, then a step of each optimiser (several when one loss trains several parts).
 
-        Under ``train.on_nan: skip`` a non-finite loss skips the update.
+        Under ``train.on_nan: skip`` a non-finite loss (on any torchrun rank) skips the update.
         """
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        if self.skip_nonfinite and not bool(torch.isfinite(loss)):
-            self.skipped_steps += 1
+        if self.skip_nonfinite and self._agree(not bool(torch.isfinite(loss))):
+            self.skipped_updates += 1
             return
         self.amp.backward(loss)
         for optimizer in optimizers:
@@ -246,3 +330,13 @@ class Task:
         fmt = torch.channels_last if self.pipeline.train.channels_last else torch.contiguous_format
         return {k: v.to(self.device, non_blocking=True, memory_format=fmt) if torch.is_tensor(v) and v.dim() == 4
                 else v for k, v in batch.items()}
+
+
+def size_multiple_of(spec: GeneratorSpec | dict) -> int:
+    """The `size_multiple` of a generator spec, from a meta-device build (no memory, no init)."""
+    from img2img.registry import get_registry
+
+    ref = spec.ref() if hasattr(spec, "ref") else dict(spec)
+    with torch.device("meta"), _weights_left_uninitialised():  # no memory, whatever ngf says
+        net = get_registry().build("generator", ref, in_channels=3, out_channels=3)
+    return int(getattr(net, "size_multiple", 1))

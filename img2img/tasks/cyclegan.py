@@ -38,6 +38,7 @@ class CycleGAN(Task):
     name = "cyclegan"
     Pipeline = CycleGANPipeline
     data_kind = "unpaired"
+    translator_nets = {"a2b": "g_ab", "b2a": "g_ba"}
 
     @classmethod
     def validate(cls, pipeline: CycleGANPipeline) -> list[tuple[str, str]]:
@@ -64,9 +65,6 @@ class CycleGAN(Task):
         self.optimizers["d"] = self.adam([*self.nets["d_a"].parameters(), *self.nets["d_b"].parameters()], "d")
         self.pool_a = ImagePool(p.train.pool_size, seed=p.seed + 1)
         self.pool_b = ImagePool(p.train.pool_size, seed=p.seed + 2)
-
-    def generator(self, direction: str) -> torch.nn.Module:
-        return unwrap(self.nets["g_ab" if direction == "a2b" else "g_ba"])
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = self.to_device(batch)
@@ -107,10 +105,10 @@ class CycleGAN(Task):
         return {k: v.detach().float() for k, v in losses.items()}
 
     @torch.no_grad()
-    def sample_columns(self, batch, generators):
+    def sample_columns(self, batch, translators):
         batch = self.to_device(batch)
         a, b = batch["a"], batch["b"]
-        g_ab, g_ba = generators["a2b"], generators["b2a"]
+        g_ab, g_ba = translators["a2b"], translators["b2a"]
         fake_b, fake_a = g_ab(a), g_ba(b)
         return [a, fake_b, g_ba(fake_b), b, fake_a, g_ab(fake_a)]
 

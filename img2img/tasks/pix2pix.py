@@ -43,7 +43,7 @@ class Pix2Pix(Task):
     name = "pix2pix"
     Pipeline = Pix2PixPipeline
     data_kind = "paired"
-    directions = ("a2b",)
+    translator_nets = {"a2b": "g"}
 
     def build(self) -> None:
         p = self.pipeline
@@ -55,11 +55,6 @@ class Pix2Pix(Task):
         self.w_adv, self.w_rec = p.losses.adversarial.weight, p.losses.reconstruction.weight
         self.optimizers["g"] = self.adam(self.nets["g"].parameters(), "g")
         self.optimizers["d"] = self.adam(self.nets["d"].parameters(), "d")
-
-    def generator(self, direction: str) -> torch.nn.Module:
-        if direction != "a2b":
-            raise ValueError("pix2pix translates a2b only (input -> target)")
-        return unwrap(self.nets["g"])
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = self.to_device(batch)
@@ -86,9 +81,9 @@ class Pix2Pix(Task):
         return {k: v.detach().float() for k, v in losses.items()}
 
     @torch.no_grad()
-    def sample_columns(self, batch, generators):
+    def sample_columns(self, batch, translators):
         batch = self.to_device(batch)
-        return [batch["a"], generators["a2b"](batch["a"]), batch["b"]]
+        return [batch["a"], translators["a2b"](batch["a"]), batch["b"]]
 
 
 @hookimpl

@@ -107,7 +107,7 @@ class CUT(Task):
     name = "cut"
     Pipeline = CUTPipeline
     data_kind = "unpaired"
-    directions = ("a2b",)
+    translator_nets = {"a2b": "g_ab"}
 
     @classmethod
     def validate(cls, pipeline: CUTPipeline) -> list[tuple[str, str]]:
@@ -167,11 +167,6 @@ class CUT(Task):
                 feats = _probe_features(net, ca, self.layers, torch.device("cpu"))
         return [int(f.shape[1]) for f in feats]
 
-    def generator(self, direction: str) -> nn.Module:
-        if direction != "a2b":
-            raise ValueError(f"the cut task translates a2b only, not {direction}")
-        return unwrap(self.nets["g_ab"])
-
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = self.to_device(batch)
         a, b = batch["a"], batch["b"]
@@ -224,11 +219,11 @@ class CUT(Task):
         return total / len(self.layers)
 
     @torch.no_grad()
-    def sample_columns(self, batch: dict[str, torch.Tensor], generators: dict[str, nn.Module]) -> list[torch.Tensor]:
+    def sample_columns(self, batch: dict[str, torch.Tensor], translators: dict[str, nn.Module]) -> list[torch.Tensor]:
         """A | g(A), and with the identity term also B | g(B) (which should change little)."""
         batch = self.to_device(batch)
         a, b = batch["a"], batch["b"]
-        g = generators["a2b"]
+        g = translators["a2b"]
         columns = [a, g(a)]
         if self.pipeline.nce.identity:
             columns += [b, g(b)]

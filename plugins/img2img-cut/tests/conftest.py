@@ -8,10 +8,10 @@ from __future__ import annotations
 import importlib.metadata as md
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from img2img.testing import write_images
 
 torch.set_num_threads(1)  # tests run in parallel workers on a small machine
 
@@ -51,21 +51,6 @@ train:
 """
 
 
-def write_images(folder: Path, count: int, size: int = 32, *, seed: int = 0,
-                 colour: tuple[int, int, int] = (200, 80, 40)) -> list[Path]:
-    """Small noisy images with a tint, so two folders look like two domains."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        noise = rng.integers(0, 60, (size, size, 3))
-        arr = np.clip(np.array(colour)[None, None, :] + noise - 30, 0, 255).astype(np.uint8)
-        path = folder / f"img{i:03d}.png"
-        Image.fromarray(arr).save(path)
-        paths.append(path)
-    return paths
-
-
 def _make_cut_pipeline(root: Path, mode: str = "cut") -> Path:
     """A CUT pipeline over two folders of 6 tinted 36 px images, written under `root`."""
     if not (root / "A").exists():
@@ -97,5 +82,4 @@ def plugin_manager():
     yield pm
     for name, plugin in list(pm.list_name_plugin()):
         if name not in before:
-            pm.unregister(plugin)
-            plugins._infos.pop(name, None)
+            plugins.unregister_plugin(plugin)

@@ -46,7 +46,8 @@ def test_trains_and_checkpoints_generator_heads_and_their_optimiser(cut_run):
     assert set(ckpt["nets"]) == {"g_ab", "d_b", "heads"}
     assert set(ckpt["optimizers"]) == {"g", "d", "heads"}
     assert ckpt["optimizers"]["heads"]["state"], "the heads' optimiser has stepped"
-    assert ckpt["generators"] == {"a2b": "g_ab"}
+    assert set(ckpt["translators"]) == {"a2b"}
+    assert {key for key, _ in ckpt["translators"]["a2b"].values()} == {"g_ab"}
     assert ckpt["plugins"]["task:cut"]["distribution"] == "img2img-cut"
     assert ckpt["plugins"]["loss:patchnce"]["version"] == "0.1.0"
     # the heads were built for the generator's layers [0, 4, 7, 10, 14] of resnet_6blocks with ngf 8

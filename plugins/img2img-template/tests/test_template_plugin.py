@@ -1,7 +1,8 @@
 """The template plugin: listed by `img2img plugins`, validated, and trainable by name.
 
-Works whether or not the distribution is installed: when it is not, the module is registered as a
-throwaway plugin for the duration of each test, the way any plugin can be tested before packaging.
+Works whether or not the distribution is installed: when it is not, the module is registered for
+the duration of each test with `img2img.testing.registered`, the way any plugin can be tested
+before packaging.
 """
 from __future__ import annotations
 
@@ -13,36 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from rich.console import Console
 from typer.testing import CliRunner
 
-from img2img import plugins
 from img2img.cli import app
 from img2img.config import load_pipeline
 from img2img.errors import PipelineError
-from img2img.engine.train import train
+from img2img.testing import registered, tiny_pipeline, train_steps
 
 PLUGIN_ROOT = Path(__file__).resolve().parents[1]
-
-PIPELINE = """\
-task: cyclegan
-name: template-demo
-data:
-  a: {a}
-  b: {b}
-  num_workers: 0
-  transforms:
-    - RandomCrop: {{height: 32, width: 32}}
-model:
-  generator: {{name: small_conv, width: 4}}
-  discriminator: {{name: patchgan, ndf: 8, n_layers: 2}}
-train:
-  max_steps: 2
-  log_every: 1
-  sample_every: 2
-  checkpoint_every: 2
-"""
 
 
 @pytest.fixture
@@ -51,27 +30,13 @@ def template_plugin():
     if importlib.util.find_spec("img2img_template") is None:
         sys.path.insert(0, str(PLUGIN_ROOT))
     module = importlib.import_module("img2img_template")
-    pm = plugins.get_plugin_manager()
-    registered_here = not pm.is_registered(module)
-    if registered_here:
-        pm.register(module, name="img2img-template")
-    yield module
-    if registered_here:
-        pm.unregister(module)
-        plugins._infos.pop("img2img-template", None)
+    with registered(module, name="img2img-template"):
+        yield module
 
 
 @pytest.fixture
 def pipeline_file(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    for domain, colour in (("A", (220, 120, 60)), ("B", (40, 90, 200))):
-        (tmp_path / domain).mkdir()
-        for i in range(4):
-            pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (36, 36, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(tmp_path / domain / f"{i}.png")
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(PIPELINE.format(a=tmp_path / "A", b=tmp_path / "B"))
-    return path
+    return tiny_pipeline(tmp_path, "cyclegan", name="template-demo", generator={"name": "small_conv", "width": 4})
 
 
 def test_listed_by_img2img_plugins(template_plugin):
@@ -90,9 +55,9 @@ def test_generator_keeps_size_and_range(template_plugin):
 
 
 def test_trains_two_steps_in_a_cyclegan_pipeline(template_plugin, pipeline_file, tmp_path):
-    last = train(pipeline_file, out=tmp_path / "run", console=Console(quiet=True))
-    assert last.is_file()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    run = train_steps(pipeline_file, steps=2, out=tmp_path / "run")
+    assert (run / "checkpoints" / "last.pt").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["cycle_a"]) for r in rows)
 

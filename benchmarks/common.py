@@ -111,7 +111,7 @@ def build_task(task: str, *, size: int, batch: int, precision: str, channels_las
     """
     from img2img.config import validate_pipeline
     from img2img.registry import get_registry
-    from img2img.tasks.base import Precision
+    from img2img.precision import Precision
 
     registry = get_registry()
     if not registry.has("task", task):
@@ -124,9 +124,11 @@ def build_task(task: str, *, size: int, batch: int, precision: str, channels_las
 
 
 def compile_nets(task) -> None:
-    """Wrap every network of `task` in `torch.compile`, as the training loop does for ``train.compile``."""
+    """Wrap every network of `task` in `torch.compile`, as the engine does for ``train.compile``."""
     for name in list(task.nets.keys()):
-        task.nets[name] = torch.compile(task.nets[name])
+        compiled = torch.compile(task.nets[name])
+        task.setup(compiled)  # mark it set up: stored as it is
+        task.nets[name] = compiled
 
 
 def random_batch(task, size: int, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:

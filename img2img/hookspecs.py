@@ -63,8 +63,11 @@ def register_tasks(register):
     """Register training tasks: ``register("name", TaskClass)``.
 
     ``TaskClass`` subclasses ``img2img.tasks.Task``: it names its pipeline model (``Pipeline``),
-    builds its networks from the registry, performs one optimisation step on a batch and names its
-    translators (``"a2b"``, ``"b2a"``). See ``img2img/tasks/base.py``.
+    builds its networks from the registry, performs one optimisation step on a batch, and says how
+    the translator of each direction is made from its networks (``translator_nets``, or
+    ``translator()`` / ``build_translator()`` for one composed of several). The engine gives it
+    validation, EMA, exact resume, samples, translate, export, serve and torchrun. See
+    ``img2img/tasks/base.py`` for the whole contract.
     """
 
 

@@ -34,7 +34,9 @@ def translate(
     direction: Direction = typer.Option(Direction.a2b, "--direction", "-d", help="a2b or b2a."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per batch (equal sizes batch together)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
-    precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, bf16 or fp16."),
+    precision: str = typer.Option("fp32", "--precision",
+                                  help="fp32, bf16, fp16 (bf16-mixed and fp16-mixed too) or auto: bf16 only where "
+                                       "this machine runs it faster."),
     channels_last: bool = typer.Option(False, "--channels-last",
                                        help="Run a torch model in channels_last (NHWC) layout; pays on CUDA."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Translate in tiles of N x N pixels."),
@@ -58,7 +60,7 @@ def translate(
 
     report = translate_inputs(
         inputs, model=model, out=out, direction=direction.value, batch_size=batch_size, device=device,
-        precision=precision.value, tile=tile, overlap=overlap, max_pixels=max_pixels, tile_norm=tile_norm,
+        precision=precision, tile=tile, overlap=overlap, max_pixels=max_pixels, tile_norm=tile_norm,
         fmt=fmt.value if fmt else None, resize=resize, keep_depth=keep_depth, overwrite=overwrite,
         use_ema=not no_ema, channels_last=channels_last, console=console,
     )

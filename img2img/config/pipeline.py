@@ -59,11 +59,11 @@ def validate_pipeline(raw: Any, *, source: str | None = None, base_dir: Path | N
     problems += _check_components(model_cls, raw, (), registry)
     data = raw.get("data")
     if isinstance(data, dict):
-        from img2img.data import transforms
+        from img2img.data import sizes
 
         for key in ("transforms", "input_transforms"):
             if isinstance(data.get(key), list):
-                problems += transforms.validate_stages(data[key], f"data.{key}")
+                problems += sizes.validate_stages(data[key], f"data.{key}")
     if problems:
         raise fail(_dedupe(problems))
     assert pipeline is not None

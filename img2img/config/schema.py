@@ -87,7 +87,8 @@ class TrainConfig(StrictModel):
     betas_d: tuple[float, float] | None = None
     pool_size: int = Field(50, ge=0)
     device: str = "auto"
-    precision: Literal["fp32", "bf16-mixed", "fp16-mixed"] = "fp32"
+    precision: str = "fp32"
+    """fp32, bf16-mixed (or bf16), fp16-mixed (or fp16), or auto: bf16 only where this machine runs it faster."""
     channels_last: bool = False
     compile: bool = False
     log_every: int = Field(10, ge=1)
@@ -101,6 +102,17 @@ class TrainConfig(StrictModel):
     val_metric: Literal["l1", "psnr", "ssim", "cycle_l1"] | None = None
     samples: int = Field(4, ge=1, le=16)
 
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_name(cls, value: Any) -> str:
+        from img2img.errors import Img2ImgError
+        from img2img.precision import pipeline_name
+
+        try:
+            return pipeline_name(value)
+        except Img2ImgError:
+            raise ValueError("use fp32, bf16-mixed (or bf16), fp16-mixed (or fp16), or auto") from None
 
 class PipelineBase(StrictModel):
     """Fields every task shares; a task's `Pipeline` subclasses it with its `model` and `losses`."""

@@ -260,9 +260,9 @@ class Task:
 
     @classmethod
     def validate_size_multiple(cls, pipeline: PipelineBase, path: str, spec: GeneratorSpec) -> list[tuple[str, str]]:
-        from img2img.data import transforms
+        from img2img.data import sizes
 
-        size = transforms.output_size(pipeline.data.transforms)
+        size = sizes.output_size(pipeline.data.transforms)
         if size is None:
             return []
         multiple = size_multiple_of(spec)

@@ -1,0 +1,263 @@
+"""Translating files and folders: planning the output files, then a pipeline that decodes ahead of the
+compute in a thread pool, batches images of equal size, tiles large ones and encodes in the background.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from img2img.data.folders import list_images
+from img2img.data.images import IMAGE_EXTENSIONS, ImageReadError, image_bit_depth, read_image, save_image
+from img2img.errors import Img2ImgError
+
+FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tif": ".tif", "tiff": ".tif"}
+
+
+@dataclass
+class TranslateReport:
+    """What a folder translation did; `skipped` are existing outputs, `failed` unreadable inputs."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    ignored: list[tuple[Path, str]] = field(default_factory=list)  # non-image files inside input folders
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.written) / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning the output files
+
+
+@dataclass
+class _Job:
+    src: Path
+    dst: Path
+
+
+@dataclass
+class _Plan:
+    jobs: list[_Job]
+    skipped: list[tuple[Path, str]]
+    ignored: list[tuple[Path, str]]
+    failed: list[tuple[Path, str]]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _non_images(folder: Path, images: set[Path]) -> list[tuple[Path, str]]:
+    """Files under `folder` that are not images (hidden files and folders aside)."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            if not name.startswith(".") and path not in images:
+                found.append((path, f"not an image file (images are {', '.join(IMAGE_EXTENSIONS)})"))
+    return found
+
+
+def plan_outputs(inputs: Sequence[Path], out: Path, fmt: str | None, overwrite: bool) -> _Plan:
+    """Map every input image to its output path; refuse outputs inside an input folder."""
+    if not inputs:
+        raise Img2ImgError("give at least one input image or folder")
+    if fmt is not None and fmt.lower().lstrip(".") not in FORMATS:
+        raise Img2ImgError(f"--format {fmt!r}: use one of png, jpg, webp, tif")
+    suffix = FORMATS[fmt.lower().lstrip(".")] if fmt else None
+    out = Path(out)
+    out_real = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise Img2ImgError(f"--out {out} is a file; give a folder for the translated images")
+    sources: list[tuple[Path, Path]] = []  # (image, path relative to the output folder)
+    ignored: list[tuple[Path, str]] = []
+    failed: list[tuple[Path, str]] = []
+    for given in inputs:
+        given = Path(given)
+        real = given.resolve()
+        if given.is_dir():
+            if _inside(out_real, real):
+                raise Img2ImgError(f"--out {out} is inside the input folder {given}; img2img never writes into "
+                                   "an input folder. Choose an output folder outside it.")
+            images = list_images(given)
+            sources += [(p, p.relative_to(given)) for p in images]
+            ignored += _non_images(given, set(images))
+        elif given.is_file():
+            if out_real == real.parent:
+                raise Img2ImgError(f"--out {out} is the folder holding the input {given}; img2img never writes "
+                                   "into an input folder. Choose another output folder.")
+            if given.suffix.lower() not in IMAGE_EXTENSIONS:
+                failed.append((given, f"not an image file (images are {', '.join(IMAGE_EXTENSIONS)})"))
+                continue
+            sources.append((given, Path(given.name)))
+        else:
+            raise Img2ImgError(f"no such input file or folder: {given}")
+    jobs: list[_Job] = []
+    skipped: list[tuple[Path, str]] = []
+    claimed: dict[Path, Path] = {}
+    for src, rel in sources:
+        dst = out / (rel.with_suffix(suffix) if suffix else rel)
+        key = dst.resolve()
+        if key in claimed:
+            failed.append((src, f"its output {dst} is also the output of {claimed[key]}; translate them "
+                                "into separate folders"))
+            continue
+        claimed[key] = src
+        if dst.exists() and not overwrite:
+            skipped.append((dst, "exists (use --overwrite to replace)"))
+            continue
+        jobs.append(_Job(src, dst))
+    return _Plan(jobs=jobs, skipped=skipped, ignored=ignored, failed=failed)
+
+
+def load_job(job: _Job, channels: int, resize: int | None, keep_depth: bool) -> tuple[np.ndarray, int]:
+    """Read one input as the translator needs it: `channels` channels, optionally resized; and its bit depth."""
+    arr = read_image(job.src, channels)
+    depth = 16 if keep_depth and image_bit_depth(job.src) >= 16 else 8
+    if resize is not None:
+        arr = _resize_shorter(arr, resize)
+    return arr, depth
+
+def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_depth: bool,
+             console: Console) -> TranslateReport:
+    """Translate every job of `plan` with `translator`; unreadable inputs are listed, never raised."""
+    report = TranslateReport(skipped=list(plan.skipped), failed=list(plan.failed), ignored=list(plan.ignored))
+    for note in translator.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    jobs = plan.jobs
+    workers = max(2, min(8, (os.cpu_count() or 2)))
+    lookahead = max(2 * translator.batch_size, workers) + 1
+    start = time.perf_counter()
+    progress = Progress(TextColumn("[bold]translate[/]"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, transient=False, disable=not jobs)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="img2img-io") as pool, progress:
+        task = progress.add_task("translate", total=len(jobs), rate="")
+        reads: deque[tuple[_Job, Future]] = deque()
+        writes: deque[tuple[_Job, Future]] = deque()
+        buckets: dict[tuple[int, int], list[tuple[_Job, np.ndarray, int]]] = {}
+        queue = iter(jobs)
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
+            done = progress.tasks[0].completed
+            elapsed = time.perf_counter() - start
+            progress.update(task, rate=f"{done / elapsed:.2f} images/s" if elapsed > 0 else "")
+
+        def finish_writes(limit: int) -> None:
+            while len(writes) > limit:
+                job, fut = writes.popleft()
+                try:
+                    fut.result()
+                    report.written.append(job.dst)
+                except (OSError, Img2ImgError) as exc:
+                    report.failed.append((job.src, f"cannot write {job.dst}: {exc}"))
+                advance()
+
+        def compute(items: list[tuple[_Job, np.ndarray, int]]) -> None:
+            try:
+                outputs = translator.translate_arrays([arr for _, arr, _ in items])
+            except (MemoryError, RuntimeError) as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if not isinstance(exc, MemoryError) and "out of memory" not in str(exc).lower():
+                    raise
+                for job, arr, _ in items:
+                    report.failed.append((job.src, f"out of memory at {arr.shape[1]}x{arr.shape[0]}; "
+                                                   "use --tile 512 (or --max-pixels) or a smaller --batch-size"))
+                    advance()
+                return
+            for (job, _, depth), result in zip(items, outputs):
+                writes.append((job, pool.submit(save_image, job.dst, result, bit_depth=depth)))
+            finish_writes(2 * workers)
+
+        def refill() -> None:
+            while len(reads) < lookahead:
+                job = next(queue, None)
+                if job is None:
+                    return
+                reads.append((job, pool.submit(load_job, job, translator.in_channels, resize, keep_depth)))
+
+        refill()
+        pending = 0
+        while reads:
+            job, fut = reads.popleft()
+            refill()
+            try:
+                arr, depth = fut.result()
+            except ImageReadError as exc:
+                report.failed.append((job.src, exc.reason))
+                advance()
+                continue
+            except Img2ImgError as exc:
+                report.failed.append((job.src, str(exc)))
+                advance()
+                continue
+            h, w = arr.shape[:2]
+            if translator._tiling(h, w) is not None:
+                compute([(job, arr, depth)])
+                continue
+            bucket = buckets.setdefault((h, w), [])
+            bucket.append((job, arr, depth))
+            pending += 1
+            if len(bucket) >= translator.batch_size:
+                pending -= len(bucket)
+                compute(buckets.pop((h, w)))
+            elif pending > 4 * translator.batch_size:  # many distinct sizes: run the fullest bucket
+                key = max(buckets, key=lambda k: len(buckets[k]))
+                pending -= len(buckets[key])
+                compute(buckets.pop(key))
+        for key in list(buckets):
+            compute(buckets.pop(key))
+        finish_writes(0)
+    report.seconds = time.perf_counter() - start
+    _summarise(report, out, translator, console)
+    return report
+
+
+def _resize_shorter(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the shorter side is `size` (antialiased bilinear), keeping the aspect ratio."""
+    h, w = arr.shape[:2]
+    scale = size / min(h, w)
+    new = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if new == (h, w):
+        return arr
+    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
+    t = F.interpolate(t, size=new, mode="bilinear", align_corners=False, antialias=scale < 1)
+    return np.ascontiguousarray(t[0].clamp_(0, 1).permute(1, 2, 0).numpy())
+
+
+def _listing(console: Console, title: str, rows: Iterable[tuple[Path, str]], style: str, limit: int = 20) -> None:
+    rows = list(rows)
+    if not rows:
+        return
+    console.print(f"[{style}]{title} ({len(rows)}):[/]", highlight=False)
+    for path, reason in rows[:limit]:
+        console.print(f"  {path}: {reason}", highlight=False, markup=False)
+    if len(rows) > limit:
+        console.print(f"  ... and {len(rows) - limit} more", highlight=False)
+
+
+def _summarise(report: TranslateReport, out: Path, translator, console: Console) -> None:
+    n = len(report.written)
+    console.print(f"[green]translated {n} image{'s' if n != 1 else ''}[/] in {report.seconds:.1f} s "
+                  f"({report.images_per_s:.2f} images/s) with {translator.describe()} -> {out}", highlight=False)
+    if report.skipped:
+        console.print(f"[yellow]skipped {len(report.skipped)} existing output(s)[/] (use --overwrite to replace "
+                      f"them): {', '.join(str(p) for p, _ in report.skipped[:3])}"
+                      f"{', ...' if len(report.skipped) > 3 else ''}", highlight=False)
+    _listing(console, "ignored, not images", report.ignored, "yellow")
+    _listing(console, "not translated", report.failed, "red")

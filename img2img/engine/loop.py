@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,8 +272,10 @@ class Trainer(TrainingState):
             self._step_schedulers()
 
     def _step_schedulers(self) -> None:
-        for scheduler in self.task.schedulers.values():
-            scheduler.step()
+        with warnings.catch_warnings():  # resumed at an epoch's end: no optimiser step yet in this process
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            for scheduler in self.task.schedulers.values():
+                scheduler.step()
 
     def _check_sizes(self) -> None:
         """Images that the translators cannot take: say so before the first step, not mid-forward."""

@@ -45,7 +45,7 @@ from img2img.inference.serve.uploads import (
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("img2img.serve")
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+               "connect-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 @dataclass

@@ -205,7 +205,7 @@ def test_page_is_served_offline_with_escaped_model_names(server):
     html = page.text
     assert 'type="file"' in html and 'id="output"' in html and 'id="download"' in html
     assert 'name="viewport"' in html  # phone-sized screens
-    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assets = [a.split("?")[0] for a in re.findall(r'(?:src|href)="([^"]+)"', html)]
     assert "static/app.js" in assets and "static/app.css" in assets
     for asset in ("static/app.js", "static/app.css"):
         text = httpx.get(f"{server.url}/{asset}").text

@@ -121,3 +121,38 @@ def test_wrong_method_and_unknown_paths_are_json_errors(server):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert httpx.get(f"{server.url}/v1/models/zebra").status_code == 404
     assert httpx.get(f"{server.url}/static/../pyproject.toml").status_code == 404  # no files outside static/
+
+
+def test_corrupted_images_of_every_format_never_get_a_5xx(server):
+    """Bytes flipped, cut or repeated in PNG, JPEG, WebP, TIFF, BMP and GIF uploads: 200 or 4xx, never 5xx."""
+    import io
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = noise_image(40, 32, seed=11)
+    originals = []
+    for fmt in ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF"):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        originals.append(buffer.getvalue())
+    statuses = []
+    with httpx.Client(timeout=120) as client:
+        for k in range(48):
+            data = bytearray(originals[k % len(originals)])
+            kind = k // len(originals) % 4
+            if kind == 0:  # flip bytes in the header
+                for i in rng.integers(0, min(64, len(data)), 4):
+                    data[i] ^= 0xFF
+            elif kind == 1:  # flip bytes anywhere
+                for i in rng.integers(0, len(data), 16):
+                    data[i] = int(rng.integers(0, 256))
+            elif kind == 2:  # cut off
+                data = data[: int(rng.integers(1, len(data)))]
+            else:  # a header followed by garbage
+                data = data[:32] + bytearray(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
+            answer = client.post(f"{server.url}/v1/models/h2z/translate", content=bytes(data))
+            statuses.append(answer.status_code)
+            assert answer.status_code < 500, (k, answer.text)
+    assert {200, 400} <= set(statuses) or {200, 415} <= set(statuses), statuses
+    assert httpx.post(f"{server.url}/v1/models/h2z/translate", content=GOOD, timeout=120).status_code == 200

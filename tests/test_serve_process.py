@@ -98,3 +98,27 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(translate_run, tmp_path
     assert server.proc.wait(timeout=60) == 0, server.log
     assert "stopped" in server.log
     server.stop()
+
+
+def test_the_wheel_carries_the_page(tmp_path):
+    """`pip install img2img-pipeline` must bring the template, script and style the server sends."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    shutil.copytree(root / "img2img", source / "img2img", ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                             "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 and "No module named" in result.stderr:
+        pytest.skip(f"cannot build a wheel here: {result.stderr.strip().splitlines()[-1]}")
+    assert result.returncode == 0, result.stderr
+    wheel = next((tmp_path / "dist").glob("img2img_pipeline-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    served = root / "img2img" / "inference" / "serve"
+    for path in [*served.glob("templates/*"), *served.glob("static/*"), *served.glob("*.py")]:
+        assert path.relative_to(root).as_posix() in names, path

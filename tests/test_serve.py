@@ -197,6 +197,22 @@ def test_openapi_describes_the_versioned_api(server):
     assert {"200", "400", "404", "413", "415", "503"} <= set(post_op["responses"])
     assert "multipart/form-data" in doc["components"]["requestBodies"]["Image"]["content"]
 
+    def refs(node):
+        if isinstance(node, dict):
+            yield from ([node["$ref"]] if "$ref" in node else [])
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    found = set(refs(doc))
+    assert len(found) > 10
+    for ref in found:  # every reference points at something in the document
+        target = doc
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]
+
 
 def test_page_is_served_offline_with_escaped_model_names(server):
     page = httpx.get(f"{server.url}/")

@@ -107,8 +107,8 @@ class BodyLimit:
 
 
 def _too_large(limit: int) -> JSONResponse:
-    error = ApiError(413, "body_too_large", f"the request body (the image) is larger than this server accepts ({limit} bytes, "
-                     "its --max-body-mb); send a smaller image", field=IMAGE_FIELD)
+    error = ApiError(413, "body_too_large", f"the request body (the image) is larger than this server accepts "
+                     f"({limit} bytes, its --max-body-mb); send a smaller image", field=IMAGE_FIELD)
     return JSONResponse(error.body(), status_code=413, headers={"Connection": "close"})
 
 
@@ -250,7 +250,7 @@ def create_app(table: ModelTable, settings: ServeSettings | None = None) -> Star
         summary: Readiness
         responses:
           "200": {description: Ready, content: {application/json: {schema: {type: object}}}}
-          "503": {description: Starting or stopping, content: {application/json: {schema: {$ref: "#/components/schemas/Error"}}}}
+          "503": {$ref: "#/components/responses/Error"}
         """
         if not state.ready:
             return _error_response(ApiError(503, "not_ready", "the server is starting or stopping",
@@ -264,7 +264,9 @@ def create_app(table: ModelTable, settings: ServeSettings | None = None) -> Star
         responses:
           "200":
             description: Every model with task, channels, directions, size multiple, versions, EMA
-            content: {application/json: {schema: {type: object, properties: {models: {type: array, items: {$ref: "#/components/schemas/Model"}}}}}}
+            content:
+              application/json:
+                schema: {type: object, properties: {models: {type: array, items: {$ref: "#/components/schemas/Model"}}}}
         """
         return JSONResponse({"models": table.describe()})
 

@@ -247,3 +247,29 @@ def test_docs_httpx_snippet_translates(server, inputs, translated, tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode != 0 and "no model named 'nope'" in bad.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_event_loop_answers_while_a_model_computes(server):
+    """Inference runs in the model's worker thread: health checks and metadata answer meanwhile."""
+    import threading
+
+    large = png_bytes(noise_image(520, 560, seed=40))
+    done: list[int] = []
+
+    def send() -> None:
+        done.append(post(server, "run", large).status_code)
+
+    senders = [threading.Thread(target=send) for _ in range(6)]
+    for t in senders:
+        t.start()
+    answered_during = 0
+    while any(t.is_alive() for t in senders):
+        health = httpx.get(f"{server.url}/healthz", timeout=30)
+        models = httpx.get(f"{server.url}/v1/models", timeout=30)
+        assert health.status_code == models.status_code == 200
+        if len(done) < len(senders):  # the translations were still running when these came back
+            answered_during += 1
+    for t in senders:
+        t.join()
+    assert done == [200] * len(senders)
+    assert answered_during >= 3

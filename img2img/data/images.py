@@ -81,13 +81,18 @@ def _open_loaded(path: Path) -> tuple[Image.Image, bool]:
         raise ImageReadError(path, "is a folder, not an image file")
     if size == 0:
         raise ImageReadError(path, "file is empty (0 bytes); re-export or remove it")
+    return _open_source(path, path)
+
+
+def _open_source(source: Path | io.BytesIO, path: Path) -> tuple[Image.Image, bool]:
+    """`_open_loaded` for a file or for bytes in memory; `path` names the image in errors."""
     limit = _pixel_limit()
     Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
             # img2img raises its own error above the limit; Pillow's warning would only repeat it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+            opened = Image.open(source)
         with opened as im:
             w, h = im.size
             if limit is not None and w * h > limit:
@@ -99,9 +104,8 @@ def _open_loaded(path: Path) -> tuple[Image.Image, bool]:
         digits = [int(t) for t in str(exc).replace("(", " ").split() if t.isdigit()]
         raise _too_large(path, digits[0] if digits else "too many", limit or 0) from None
     except UnidentifiedImageError:
-        raise ImageReadError(
-            path, f"not an image Pillow can read (is it really a {path.suffix.lstrip('.') or 'image'} file?)"
-        ) from None
+        kind = f"a {path.suffix.lstrip('.')} file" if path.suffix else "an image file"
+        raise ImageReadError(path, f"not an image Pillow can read (is it really {kind}?)") from None
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
@@ -126,11 +130,12 @@ def _sixteen_bit_colour(im: Image.Image) -> bool:
     return False
 
 
-def image_bit_depth(path: Path) -> int:
-    """Bits per channel of an image file: 8, 16 or 32 (32-bit integer or float)."""
-    path = Path(path)
+def image_bit_depth(path: Path | bytes) -> int:
+    """Bits per channel of an image file (or its bytes): 8, 16 or 32 (32-bit integer or float)."""
+    source: Path | io.BytesIO = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else Path(path)
+    path = Path("<bytes>") if isinstance(source, io.BytesIO) else source
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             if im.mode.startswith("I;16") or _sixteen_bit_colour(im):
                 return 16
             if im.mode in ("I", "F"):
@@ -160,11 +165,14 @@ def _apply_orientation(arr: np.ndarray, orientation: int | None) -> np.ndarray:
     return np.ascontiguousarray(op(arr)) if op else arr
 
 
-def _read_sixteen_bit_colour(path: Path) -> np.ndarray | None:
-    """16-bit RGB(A) PNG/TIFF at full precision through OpenCV (Pillow keeps only 8 bits)."""
+def _read_sixteen_bit_colour(path: Path, content: bytes | None = None) -> np.ndarray | None:
+    """16-bit RGB(A) PNG/TIFF at full precision through OpenCV (Pillow keeps only 8 bits).
+
+    Reads `content` when given (the file's bytes), else the file at `path`.
+    """
     import cv2
 
-    data = np.fromfile(path, dtype=np.uint8)
+    data = np.fromfile(path, dtype=np.uint8) if content is None else np.frombuffer(content, dtype=np.uint8)
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # libtiff chatters about valid files
     try:
@@ -179,7 +187,7 @@ def _read_sixteen_bit_colour(path: Path) -> np.ndarray | None:
         arr = arr[:, :, ::-1]
     elif arr.shape[2] == 4:
         arr = arr[:, :, [2, 1, 0, 3]]
-    with Image.open(path) as im:
+    with Image.open(path if content is None else io.BytesIO(content)) as im:
         orientation = _orientation(im)
     return _apply_orientation(arr.astype(np.float32) / 65535.0, orientation)
 
@@ -252,6 +260,19 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     return _to_channels(_decode(Path(path)), channels)
 
 
+def decode_image_bytes(data: bytes, channels: int, name: str = "upload") -> np.ndarray:
+    """`read_image` for an image held in memory (an upload): the same decoding, orientation, modes,
+    16-bit precision and decompression-bomb limit. Errors are `ImageReadError`s naming `name`."""
+    _check_channels(channels)
+    path = Path(name)
+    data = bytes(data)
+    if not data:
+        raise ImageReadError(path, "is empty (0 bytes), not an image")
+    im, sixteen = _open_source(io.BytesIO(data), path)
+    arr = _read_sixteen_bit_colour(path, data) if sixteen else None
+    return _to_channels(_pil_to_float(im) if arr is None else arr, channels)
+
+
 def read_pair_image(path: Path, channels_left: int, channels_right: int) -> tuple[np.ndarray, np.ndarray]:
     """Split a side-by-side AB image into its left and right halves (equal widths)."""
     _check_channels(channels_left)
@@ -294,9 +315,17 @@ def save_image(path: Path, arr: np.ndarray, *, bit_depth: int = 8) -> None:
     The file appears complete or not at all (written next to it, then renamed).
     """
     path = Path(path)
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
+    if path.suffix.lower() not in _FORMATS:
         raise Img2ImgError(f"{path}: cannot write '{path.suffix}' images; use one of {_extensions_text()}")
+    atomic.write_bytes(path, encode_image(arr, path.suffix, bit_depth=bit_depth, name=str(path)))
+
+
+def encode_image(arr: np.ndarray, fmt: str, *, bit_depth: int = 8, name: str = "image") -> bytes:
+    """The bytes `save_image` writes for `arr` in format `fmt` (png, jpg, jpeg, webp, bmp, tif, tiff)."""
+    key = "." + fmt.lower().lstrip(".")
+    if key not in _FORMATS:
+        raise Img2ImgError(f"{name}: cannot encode '{fmt}' images; use one of {_extensions_text()}")
+    fmt = _FORMATS[key]
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     arr = np.asarray(arr, dtype=np.float32)
@@ -307,17 +336,14 @@ def save_image(path: Path, arr: np.ndarray, *, bit_depth: int = 8) -> None:
     arr = np.clip(np.nan_to_num(arr), 0.0, 1.0)
     if fmt in ("JPEG", "BMP") and arr.shape[2] == 4:
         arr = arr[:, :, :3]
-    sixteen = bit_depth == 16 and fmt in ("PNG", "TIFF")
-    if sixteen:
-        data = _encode_sixteen_bit(arr, fmt, path)
-    else:
-        u8 = np.round(arr * 255.0).astype(np.uint8)
-        im = Image.fromarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
-        buffer = io.BytesIO()
-        options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-        im.save(buffer, format=fmt, **options)
-        data = buffer.getvalue()
-    atomic.write_bytes(path, data)
+    if bit_depth == 16 and fmt in ("PNG", "TIFF"):
+        return _encode_sixteen_bit(arr, fmt, Path(name))
+    u8 = np.round(arr * 255.0).astype(np.uint8)
+    im = Image.fromarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
+    buffer = io.BytesIO()
+    options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    im.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
 
 
 def _encode_sixteen_bit(arr: np.ndarray, fmt: str, path: Path) -> bytes:

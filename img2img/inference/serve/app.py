@@ -1,0 +1,385 @@
+"""The ASGI application of `img2img serve`: a page at ``/``, the HTTP API under ``/v1``, health
+checks and an OpenAPI document built from the routes' own descriptions.
+
+`create_app(table, settings)` is usable from Python (e.g. under another ASGI server): its
+`lifespan` loads the models once if they are not loaded yet and starts one micro-batcher per model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jinja2
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.schemas import SchemaGenerator
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from img2img._version import __version__
+from img2img.inference.serve.batching import MicroBatcher, QueueFull
+from img2img.inference.serve.models import ModelTable, ServedModel
+from img2img.inference.serve.openapi import COMPONENTS
+from img2img.inference.serve.uploads import (
+    FIELDS,
+    IMAGE_FIELD,
+    MEDIA_TYPES,
+    ApiError,
+    Upload,
+    decode_upload,
+    encode_result,
+    parse_options,
+)
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("img2img.serve")
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+               "connect-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+@dataclass
+class ServeSettings:
+    """Limits of one server; the tiling defaults and batch size live in its `ModelTable`."""
+
+    max_pixels: int | None = 16_777_216  # 4096 x 4096
+    max_body_bytes: int = 64 * 2**20
+    queue_size: int = 64
+    batch_wait_ms: float = 5.0
+    batch_pixels: int = 4_194_304  # a batch holds at most this many pixels (one larger image runs alone)
+    workers: int = 2  # threads that decode uploads and encode results, beside each model's worker
+
+    def check(self) -> ServeSettings:
+        from img2img.errors import Img2ImgError
+
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise Img2ImgError(f"--max-pixels {self.max_pixels}: must be a positive pixel count")
+        if self.max_body_bytes < 1:
+            raise Img2ImgError("--max-body-mb: must be positive")
+        if self.queue_size < 1:
+            raise Img2ImgError(f"--queue-size {self.queue_size}: must be >= 1")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise Img2ImgError(f"--batch-wait-ms {self.batch_wait_ms}: must be between 0 and 10000")
+        return self
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies above `limit` bytes: at once from Content-Length, else while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit).__call__(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    error = ApiError(413, "body_too_large", f"the request body (the image) is larger than this server accepts "
+                     f"({limit} bytes, its --max-body-mb); send a smaller image", field=IMAGE_FIELD)
+    return JSONResponse(error.body(), status_code=413, headers={"Connection": "close"})
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+class ServerState:
+    def __init__(self, table: ModelTable, settings: ServeSettings):
+        self.table = table
+        self.settings = settings
+        self.batchers: dict[str, MicroBatcher] = {}
+        self.ready = False
+        self.limiter: anyio.CapacityLimiter | None = None
+
+    def batcher_for(self, model: ServedModel) -> MicroBatcher:
+        def run(key: tuple, arrays: list) -> list:
+            direction, tiling = key[0], key[1]
+            return model.translator(direction, tiling).translate_arrays(arrays)
+
+        return MicroBatcher(run, max_batch=model.max_batch, max_wait=self.settings.batch_wait_ms / 1000,
+                            queue_size=self.settings.queue_size, max_cost=self.settings.batch_pixels,
+                            name=model.name)
+
+    async def start(self) -> None:
+        if not self.table.loaded:
+            await anyio.to_thread.run_sync(self.table.load)
+        self.limiter = anyio.CapacityLimiter(max(1, self.settings.workers))
+        for name, model in self.table.models.items():
+            batcher = self.batcher_for(model)
+            batcher.start()
+            self.batchers[name] = batcher
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await asyncio.gather(*(b.close() for b in self.batchers.values()))
+        self.batchers.clear()
+
+    async def in_thread(self, fn, *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+
+def _safe_filename(name: str | None) -> str:
+    stem = Path(name or "").stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:80] or "image"
+
+
+async def _read_request(request: Request) -> tuple[bytes, dict[str, str], str | None]:
+    """The image bytes, the fields (query string and form) and the upload's file name."""
+    fields: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key in fields:
+            raise ApiError(400, "repeated_field", f"the field '{key}' is given twice", field=key)
+        fields[key] = value
+    if IMAGE_FIELD in fields:
+        raise ApiError(400, "invalid_field", f"'{IMAGE_FIELD}' is the image itself, not a query parameter (the "
+                       "server never reads files or URLs for a client); send the image's bytes as the body or as "
+                       "a multipart file", field=IMAGE_FIELD)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return await request.body(), fields, None
+    try:
+        form = await request.form(max_files=1, max_fields=len(FIELDS) + 1, max_part_size=64 * 1024)
+    except HTTPException as exc:
+        raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({exc.detail}); send one file "
+                       f"field '{IMAGE_FIELD}' and the text fields {', '.join(FIELDS)}", field=IMAGE_FIELD) from None
+    image: bytes | None = None
+    name = None
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != IMAGE_FIELD:
+                    raise ApiError(400, "unknown_field", f"the file field is named '{key}'; name it "
+                                   f"'{IMAGE_FIELD}'", field=key)
+                image, name = await value.read(), value.filename
+            elif key == IMAGE_FIELD:
+                raise ApiError(400, "invalid_field", f"'{IMAGE_FIELD}' must be a file part holding the image's "
+                               "bytes, not a text field (the server never reads files or URLs for a client)",
+                               field=IMAGE_FIELD)
+            elif key in fields:
+                raise ApiError(400, "repeated_field", f"the field '{key}' is given twice", field=key)
+            else:
+                fields[key] = value
+    finally:
+        await form.close()
+    if image is None:
+        raise ApiError(400, "missing_field", f"the multipart upload has no file field '{IMAGE_FIELD}'",
+                       field=IMAGE_FIELD)
+    return image, fields, name
+
+
+def create_app(table: ModelTable, settings: ServeSettings | None = None) -> Starlette:
+    """The server's ASGI application for the models in `table`."""
+    settings = (settings or ServeSettings()).check()
+    state = ServerState(table, settings)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+    templates = Jinja2Templates(env=env)
+    schemas = SchemaGenerator({"openapi": "3.1.0",
+                               "info": {"title": "img2img serve", "version": __version__,
+                                        "description": "Translate images with trained img2img models."},
+                               "components": COMPONENTS})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        await state.start()
+        log.info("serving %s", ", ".join(table.names()))
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    def model_or_404(name: str) -> ServedModel:
+        model = table.get(name)
+        if model is None:
+            raise ApiError(404, "unknown_model", f"no model named '{name}'; this server has "
+                           f"{', '.join(table.names()) or 'none'} (GET /v1/models lists them)", field="name")
+        return model
+
+    async def page(request: Request) -> Response:
+        response = templates.TemplateResponse(request, "index.html", {
+            "models": table.describe(), "version": __version__, "max_pixels": settings.max_pixels,
+            "max_body_bytes": settings.max_body_bytes})
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+        return response
+
+    async def healthz(request: Request) -> Response:
+        """The process is up.
+        ---
+        summary: Liveness
+        responses:
+          "200": {description: The server process answers, content: {application/json: {schema: {type: object}}}}
+        """
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def readyz(request: Request) -> Response:
+        """Models are loaded and requests are served.
+        ---
+        summary: Readiness
+        responses:
+          "200": {description: Ready, content: {application/json: {schema: {type: object}}}}
+          "503": {$ref: "#/components/responses/Error"}
+        """
+        if not state.ready:
+            return _error_response(ApiError(503, "not_ready", "the server is starting or stopping",
+                                            headers={"Retry-After": "1"}))
+        return JSONResponse({"status": "ready", "models": table.names()})
+
+    async def list_models(request: Request) -> Response:
+        """The models this server translates with, and their metadata.
+        ---
+        summary: List models
+        responses:
+          "200":
+            description: Every model with task, channels, directions, size multiple, versions, EMA
+            content:
+              application/json:
+                schema: {type: object, properties: {models: {type: array, items: {$ref: "#/components/schemas/Model"}}}}
+        """
+        return JSONResponse({"models": table.describe()})
+
+    async def get_model(request: Request) -> Response:
+        """One model's metadata.
+        ---
+        summary: Describe a model
+        parameters: [{name: name, in: path, required: true, schema: {type: string}}]
+        responses:
+          "200": {description: The model, content: {application/json: {schema: {$ref: "#/components/schemas/Model"}}}}
+          "404": {$ref: "#/components/responses/Error"}
+        """
+        return JSONResponse(model_or_404(request.path_params["name"]).describe())
+
+    async def translate(request: Request) -> Response:
+        """Translate one image; the answer has the input's size and is what `img2img translate` writes.
+        ---
+        summary: Translate an image
+        description: >-
+          Send the image file's bytes as the body (any content type but multipart), or as the file
+          field `image` of a multipart/form-data body. Options go in the query string or, with
+          multipart, as text fields.
+        parameters:
+          - {$ref: "#/components/parameters/name"}
+          - {$ref: "#/components/parameters/direction"}
+          - {$ref: "#/components/parameters/format"}
+          - {$ref: "#/components/parameters/tile"}
+          - {$ref: "#/components/parameters/overlap"}
+          - {$ref: "#/components/parameters/tile_norm"}
+          - {$ref: "#/components/parameters/keep_depth"}
+        requestBody: {$ref: "#/components/requestBodies/Image"}
+        responses:
+          "200": {$ref: "#/components/responses/Image"}
+          "400": {$ref: "#/components/responses/Error"}
+          "404": {$ref: "#/components/responses/Error"}
+          "413": {$ref: "#/components/responses/Error"}
+          "415": {$ref: "#/components/responses/Error"}
+          "503": {$ref: "#/components/responses/Busy"}
+        """
+        model = model_or_404(request.path_params["name"])
+        if not state.ready:
+            raise ApiError(503, "not_ready", "the server is starting or stopping", headers={"Retry-After": "1"})
+        batcher = state.batchers[model.name]
+        try:
+            batcher.admit()
+        except QueueFull as full:
+            raise ApiError(503, "busy", f"model '{model.name}' has {settings.queue_size} requests queued (its "
+                           f"--queue-size); retry after {full.retry_after} s",
+                           headers={"Retry-After": str(full.retry_after)}) from None
+        try:
+            data, fields, filename = await _read_request(request)
+            options = parse_options(fields, model, table.tiling)
+            channels = model.translators[options.direction].in_channels
+            upload: Upload = await state.in_thread(decode_upload, data, channels, options, settings.max_pixels)
+            del data
+            key = (options.direction, options.tiling, upload.height, upload.width)
+            alone = model.tiled(options.direction, options.tiling, upload.height, upload.width)
+            try:
+                result = await batcher.submit(key, upload.array, cost=upload.width * upload.height, alone=alone)
+            except (MemoryError, RuntimeError) as exc:
+                if not isinstance(exc, MemoryError) and "out of memory" not in str(exc).lower():
+                    raise
+                raise ApiError(503, "out_of_memory", f"out of memory at {upload.width}x{upload.height}; send a "
+                               "smaller image or pass tile=512", headers={"Retry-After": "5"}) from None
+            body = await state.in_thread(encode_result, result.value, upload)
+        finally:
+            batcher.release()
+        ext = upload.format
+        headers = {
+            "Content-Disposition": f'inline; filename="{_safe_filename(filename)}-{options.direction}.{ext}"',
+            "X-Img2img-Model": model.name, "X-Img2img-Direction": options.direction,
+            "X-Img2img-Batch-Size": str(result.batch_size),
+            "Server-Timing": f"queue;dur={result.queued_s * 1000:.1f}, compute;dur={result.compute_s * 1000:.1f}",
+        }
+        return Response(body, media_type=MEDIA_TYPES[ext], headers=headers)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(schemas.get_schema(routes=app.routes))
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        if exc.status_code == 405:
+            message += "; translate with POST /v1/models/{name}/translate"
+        error = ApiError(exc.status_code, code, message)
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+
+    async def body_too_large(request: Request, exc: Exception) -> Response:
+        return _too_large(settings.max_body_bytes)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # uvicorn logs the traceback: Starlette raises the exception again after this answer
+        error = ApiError(500, "internal_error", "the server failed on this request (see its log); the next request "
+                         "is served as usual")
+        return _error_response(error)
+
+    routes = [
+        Route("/", page, methods=["GET"], include_in_schema=False),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{name}", get_model, methods=["GET"]),
+        Route("/v1/models/{name}/translate", translate, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        ApiError: api_error, HTTPException: http_error, BodyTooLarge: body_too_large, Exception: server_error})
+    app.state.serve = state
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

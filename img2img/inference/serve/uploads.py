@@ -1,0 +1,165 @@
+"""What a translate request carries: its fields, checked one by one, and its image, decoded the way
+`img2img translate` reads files and encoded the way it writes them.
+
+Every problem is an `ApiError`: an HTTP status, a short code, the field it concerns and a message
+that says what to send instead. Nothing here knows about HTTP frameworks.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from img2img.data.images import ImageReadError, decode_image_bytes, encode_image, image_bit_depth
+from img2img.inference.serve.models import ServedModel, TileOptions
+
+FIELDS = ("direction", "format", "tile", "overlap", "tile_norm", "keep_depth")
+IMAGE_FIELD = "image"
+MAX_TILE = 2048
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "tif": "image/tiff", "bmp": "image/bmp"}
+FORMAT_NAMES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp", "tif": "tif", "tiff": "tif", "bmp": "bmp"}
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp"}
+
+
+class ApiError(Exception):
+    """A request the server refuses: `status` (4xx, or 503 when busy), a `code`, the `field` at fault."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
+                 headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"status": self.status, "code": self.code, "field": self.field, "message": self.message}}
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    direction: str
+    format: str | None  # None: the upload's own format, as translate keeps the input's
+    tiling: TileOptions
+    keep_depth: bool
+
+
+def _suggest(name: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _whole(field: str, raw: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ApiError(400, "invalid_field", f"{field}={raw!r} is not a whole number", field=field) from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ApiError(400, "invalid_field", f"{field}={value}: must be {bound}", field=field)
+    return value
+
+
+def _boolean(field: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ApiError(400, "invalid_field", f"{field}={raw!r}: use true or false", field=field)
+
+
+def parse_options(values: Mapping[str, str], model: ServedModel, defaults: TileOptions) -> TranslateOptions:
+    """The request's fields (query string and multipart form together) for `model`."""
+    for name in values:
+        if name not in FIELDS:
+            raise ApiError(400, "unknown_field", f"unknown field '{name}'; {_suggest(name, FIELDS)}the fields are "
+                           f"{', '.join(FIELDS)} (and the file field '{IMAGE_FIELD}' in a multipart upload)",
+                           field=name)
+    direction = values.get("direction") or model.default_direction
+    if direction not in model.directions:
+        raise ApiError(400, "unknown_direction", f"direction={direction!r}: model '{model.name}' translates "
+                       f"{' and '.join(model.directions)}", field="direction")
+    fmt = values.get("format")
+    if fmt is not None:
+        key = fmt.strip().lower().lstrip(".")
+        if key not in FORMAT_NAMES:
+            raise ApiError(400, "invalid_field", f"format={fmt!r}: use png, jpg, webp, tif or bmp", field="format")
+        fmt = FORMAT_NAMES[key]
+    tile = _whole("tile", values["tile"], 16, MAX_TILE) if values.get("tile") else defaults.tile
+    overlap = _whole("overlap", values["overlap"], 0) if values.get("overlap") else defaults.overlap
+    if tile is not None and overlap is not None and overlap >= tile:
+        field = "overlap" if values.get("overlap") else "tile"
+        raise ApiError(400, "invalid_field", f"overlap={overlap} must be smaller than tile={tile} "
+                       f"(try overlap={tile // 4})", field=field)
+    tile_norm = values.get("tile_norm") or defaults.tile_norm
+    if tile_norm not in ("global", "local"):
+        raise ApiError(400, "invalid_field", f"tile_norm={tile_norm!r}: use global (statistics of the whole image) "
+                       "or local (each tile its own)", field="tile_norm")
+    keep_depth = _boolean("keep_depth", values["keep_depth"]) if "keep_depth" in values else False
+    tiling = TileOptions(tile=tile, overlap=overlap, tile_norm=tile_norm, tile_above=defaults.tile_above)
+    return TranslateOptions(direction=direction, format=fmt, tiling=tiling, keep_depth=keep_depth)
+
+
+@dataclass
+class Upload:
+    """A decoded upload: the model's input array, its size, the format to answer in and bit depth."""
+
+    array: np.ndarray
+    width: int
+    height: int
+    format: str
+    bit_depth: int
+
+
+def _header(data: bytes) -> tuple[str | None, int, int] | None:
+    """(format, width, height) from the image header alone, or None (decoding then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.format, im.width, im.height
+    except Exception:  # whatever the header's problem is, the full decode below reports it
+        return None
+
+
+def decode_upload(data: bytes, channels: int, options: TranslateOptions, max_pixels: int | None) -> Upload:
+    """Check the pixel count from the header, then decode as `img2img translate` reads a file."""
+    if not data:
+        raise ApiError(400, "empty_image", f"the '{IMAGE_FIELD}' is empty (0 bytes); send the image file's bytes "
+                       "as the request body or as the multipart field 'image'", field=IMAGE_FIELD)
+    header = _header(data)
+    if header is not None and max_pixels is not None and header[1] * header[2] > max_pixels:
+        _, w, h = header
+        raise ApiError(413, "too_many_pixels", f"the image is {w}x{h} = {w * h} pixels, more than this server "
+                       f"accepts ({max_pixels}, its --max-pixels); send a smaller image", field=IMAGE_FIELD)
+    try:
+        array = decode_image_bytes(data, channels, name=IMAGE_FIELD)
+    except ImageReadError as exc:
+        reason = exc.reason
+        if "more than the limit" in reason:
+            raise ApiError(413, "too_many_pixels", f"{IMAGE_FIELD}: {reason.split(' (')[0]}, a decompression bomb "
+                           "guard; send a smaller image", field=IMAGE_FIELD) from None
+        if "not an image Pillow can read" in reason:
+            raise ApiError(415, "not_an_image", f"{IMAGE_FIELD}: not an image (send PNG, JPEG, WebP, TIFF or BMP "
+                           "bytes)", field=IMAGE_FIELD) from None
+        raise ApiError(400, "unreadable_image", f"{IMAGE_FIELD}: {reason}", field=IMAGE_FIELD) from None
+    height, width = array.shape[:2]
+    if max_pixels is not None and width * height > max_pixels:  # a header the probe could not read
+        raise ApiError(413, "too_many_pixels", f"the image is {width}x{height} = {width * height} pixels, more than "
+                       f"this server accepts ({max_pixels}, its --max-pixels)", field=IMAGE_FIELD)
+    fmt = options.format or _PIL_FORMATS.get(header[0] if header else "", "png")
+    depth = 16 if options.keep_depth and fmt in ("png", "tif") and image_bit_depth(data) >= 16 else 8
+    return Upload(array=array, width=width, height=height, format=fmt, bit_depth=depth)
+
+
+def encode_result(array: np.ndarray, upload: Upload) -> bytes:
+    """The bytes `img2img translate` would write for this output."""
+    return encode_image(array, upload.format, bit_depth=upload.bit_depth, name=IMAGE_FIELD)

@@ -69,5 +69,23 @@ def register_tasks(register):
 
 
 @hookspec
+def register_feature_extractors(register):
+    """Register feature extractors for FID/KID: ``register("name", factory)``.
+
+    ``factory(**params) -> torch.nn.Module`` mapping ``[N, 3, H, W]`` float images in [-1, 1] to
+    ``[N, D]`` features (grey and RGBA images reach it as RGB). Attributes:
+
+    - ``input_size: int`` (required) -- the square size it resizes to itself; the clean-fid
+      protocol of ``img2img evaluate --resize-protocol clean`` resizes to it with PIL beforehand.
+    - ``num_features: int`` -- D, when known before the first batch.
+
+    A factory that loads a file sets ``factory.weights =
+    img2img.evaluation.weights.WeightsFile(name, file, url, sha256)``: ``img2img weights download
+    NAME`` fetches it, ``img2img validate`` reports it missing, and a ``weights: Path | None``
+    parameter, when the factory has one, says where it is instead of the torch hub cache.
+    """
+
+
+@hookspec
 def register_commands(app):
     """Add commands to the ``img2img`` command line: ``app`` is the ``typer.Typer`` application."""

@@ -228,8 +228,12 @@ def test_kid_with_a_plugin_extractor_keeps_best_at_the_minimum(task, data, plugi
         "cyclegan": "img2img-pipeline", "cut": "img2img-cut", "oneway": "img2img-oneway"}[task]
     assert [r["step"] for r in rows if r.get("val_best")] == [
         r["step"] for i, r in enumerate(rows) if r["val_kid"] < min(kids[:i], default=float("inf"))]
-    if task == "cyclegan":  # the task's own score is logged beside the engine's
+    if task == "cyclegan":  # the task's own score is logged beside the engine's; the report marks best.pt
+        from img2img.evaluation.report import write_report
+
         assert all("val_cycle_l1" in r for r in rows)
+        page = write_report(run, tmp_path / "report.html").read_text()
+        assert f"<b>step {first_minimum}</b><span>best.pt (val_kid " in page
     resolved = yaml.safe_load((run / "pipeline.yaml").read_text())
     assert resolved["train"]["val_metric"] == "kid" and resolved["train"]["val_extractor"] == {"name": "colour_stats"}
 

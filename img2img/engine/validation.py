@@ -154,9 +154,9 @@ class Validator:
         start = time.perf_counter()
         scores = self.scores()
         if self.metric not in scores:
-            raise Img2ImgError(f"the {trainer.pipeline.task} task's validation_scores gave {', '.join(sorted(scores)) or 'nothing'}, "
-                               f"not '{self.metric}' (train.val_metric); the task's val_metrics and "
-                               "validation_scores disagree")
+            gave = ", ".join(sorted(scores)) or "nothing"
+            raise Img2ImgError(f"the {trainer.pipeline.task} task's validation_scores gave {gave}, not "
+                               f"'{self.metric}' (train.val_metric); its val_metrics and validation_scores disagree")
         value = scores[self.metric]
         row = {"step": trainer.step, "epoch": trainer.epoch, **{f"val_{k}": v for k, v in scores.items()},
                "val_seconds": time.perf_counter() - start}

@@ -378,3 +378,22 @@ def test_a_checkpoint_opens_without_the_validation_extractor(data, plugins_insta
     assert reopened.train.val_extractor.name == "uninstalled_extractor"
     with pytest.raises(Img2ImgError, match="unknown feature_extractor 'uninstalled_extractor'"):
         check_ready(reopened)
+
+
+def test_logged_kid_is_what_evaluate_gives_for_the_translations_of_best_pt(data, tmp_path):
+    """Validation scores the translations as translate writes them (8-bit), with the same code as evaluate."""
+    from rich.console import Console
+
+    from img2img.engine.train import train
+    from img2img.evaluation.metrics import evaluate_folders
+    from img2img.inference.translator import translate_inputs
+
+    run = tmp_path / "run"
+    train(pipeline(data, "cyclegan", max_steps=3, val_metric="kid", val_extractor="random_conv"), out=run)
+    rows = val_rows(run)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    logged = next(r for r in rows if r["step"] == best["step"])
+    translate_inputs([data / "valA"], model=run / "checkpoints" / "best.pt", out=tmp_path / "out", device="cpu",
+                     console=Console(quiet=True))
+    summary = evaluate_folders(tmp_path / "out", data / "valB", ["kid"], extractor="random_conv")["summary"]
+    assert summary["kid"] == pytest.approx(logged["val_kid"], rel=1e-4, abs=1e-7)

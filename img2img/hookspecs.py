@@ -64,7 +64,9 @@ def register_tasks(register):
 
     ``TaskClass`` subclasses ``img2img.tasks.Task``: it names its pipeline model (``Pipeline``),
     builds its networks from the registry, performs one optimisation step on a batch and names its
-    translators (``"a2b"``, ``"b2a"``). See ``img2img/tasks/base.py``.
+    translators (``"a2b"``, ``"b2a"``). See ``img2img/tasks/base.py``. What its validation can
+    score is ``val_metrics`` / ``validation_scores`` (``img2img/tasks/validation.py``); kid and fid
+    come from the engine for any task with an ``a2b`` translator.
     """
 
 

@@ -397,3 +397,18 @@ def test_logged_kid_is_what_evaluate_gives_for_the_translations_of_best_pt(data,
                      console=Console(quiet=True))
     summary = evaluate_folders(tmp_path / "out", data / "valB", ["kid"], extractor="random_conv")["summary"]
     assert summary["kid"] == pytest.approx(logged["val_kid"], rel=1e-4, abs=1e-7)
+
+
+def test_resuming_with_another_metric_starts_the_best_over(data, tmp_path):
+    from img2img.engine.train import train
+
+    run = tmp_path / "run"
+    train(pipeline(data, "cyclegan", max_steps=2, val_metric="kid", val_extractor="random_conv"), out=run)
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["best"]["metric"] == "kid"
+    train(None, resume=run, overrides=["train.max_steps=3", "train.val_metric=cycle_l1", "train.val_extractor=null"])
+    rows = val_rows(run)
+    assert [r["step"] for r in rows] == [1, 2, 3] and "val_kid" not in rows[-1]
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    # a cycle_l1 value is never compared with a kid value: the first cycle_l1 validation is the best so far
+    assert best["step"] == 3 and best["best"] == {"metric": "cycle_l1", "value": rows[-1]["val_cycle_l1"], "step": 3,
+                                                  "extractor": None}

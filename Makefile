@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/train_step.py --task cyclegan --vs-reference
 	$(BIN)/python benchmarks/translate.py
 	$(BIN)/python benchmarks/dataloader.py
+	$(BIN)/python benchmarks/validation.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

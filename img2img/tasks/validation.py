@@ -142,48 +142,58 @@ def check_setup(task_cls: Any, pipeline: Any, registry: Any = None) -> list[tupl
 # the task's own scores
 
 
+BATCH = 16
+
+
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().cpu() + 1) / 2).clamp(0, 1)
 
 
-def paired_image_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """L1, PSNR (capped at 100 dB) and SSIM of one ``[1, C, H, W]`` pair in [0, 1]; SSIM from 11 px up."""
-    out = {"l1": float((pred - target).abs().mean())}
+def batches(*lists: list[torch.Tensor], size: int = BATCH):
+    """Stack consecutive items of equal shape (zipped lists move together), at most `size` at a time."""
+    group: list[tuple[torch.Tensor, ...]] = []
+    for items in zip(*lists):
+        if group and (len(group) == size or any(g.shape != i.shape for g, i in zip(group[0], items))):
+            yield tuple(torch.stack(column) for column in zip(*group))
+            group = []
+        group.append(items)
+    if group:
+        yield tuple(torch.stack(column) for column in zip(*group))
+
+
+def paired_image_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image L1, PSNR (capped at 100 dB) and SSIM of ``[B, C, H, W]`` batches in [0, 1];
+    PSNR and SSIM from 11 px up (the SSIM window)."""
+    p, t = pred.double(), target.double()
+    out = {"l1": (p - t).abs().flatten(1).mean(1)}
     if min(pred.shape[-2:]) >= _MIN_SSIM_SIDE:
         from torchmetrics.functional.image import structural_similarity_index_measure
 
-        p, t = pred.double(), target.double()
-        mse = float(((p - t) ** 2).mean())
-        out["psnr"] = 100.0 if mse == 0 else min(100.0, 10 * float(torch.log10(torch.tensor(1.0 / mse))))
-        out["ssim"] = float(structural_similarity_index_measure(p, t, data_range=1.0))
+        mse = ((p - t) ** 2).flatten(1).mean(1)
+        out["psnr"] = torch.where(mse == 0, torch.full_like(mse, 100.0), (10 * torch.log10(1.0 / mse)).clamp(max=100.0))
+        out["ssim"] = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
     return out
 
 
 @torch.no_grad()
 def default_scores(task: Any, translators: dict[str, nn.Module], val: ValImages) -> dict[str, float]:
-    """l1/psnr/ssim of paired tasks, cycle_l1 of two-direction unpaired ones, nothing otherwise."""
+    """l1/psnr/ssim of paired tasks, cycle_l1 of two-direction unpaired ones, nothing otherwise;
+    each the mean over the images."""
     device = task.device
     sums: dict[str, float] = {}
-    count = 0
+    counts: dict[str, int] = {}
 
-    def add(values: dict[str, float]) -> None:
-        nonlocal count
+    def add(values: dict[str, torch.Tensor]) -> None:
         for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        count += 1
+            sums[k] = sums.get(k, 0.0) + float(v.sum())
+            counts[k] = counts.get(k, 0) + v.numel()
 
     if val.paired:
-        for x, target in zip(val.a, val.b):
-            pred = translators["a2b"](x[None].to(device))
-            add(paired_image_scores(_to_unit(pred), _to_unit(target[None])))
-        return {k: v / max(1, count) for k, v in sums.items()}
-    if "a2b" in translators and "b2a" in translators:
-        g_ab, g_ba = translators["a2b"], translators["b2a"]
-        for x in val.a:
-            x = x[None].to(device)
-            add({"cycle_l1": float((_to_unit(g_ba(g_ab(x))) - _to_unit(x)).abs().mean())})
-        for y in val.b:
-            y = y[None].to(device)
-            add({"cycle_l1": float((_to_unit(g_ab(g_ba(y))) - _to_unit(y)).abs().mean())})
-        return {k: v / max(1, count) for k, v in sums.items()}
-    return {}
+        for x, target in batches(val.a, val.b):
+            add(paired_image_scores(_to_unit(translators["a2b"](x.to(device))), _to_unit(target)))
+    elif "a2b" in translators and "b2a" in translators:
+        for images, there, back in ((val.a, "a2b", "b2a"), (val.b, "b2a", "a2b")):
+            for (x,) in batches(images):
+                rec = translators[back](translators[there](x.to(device)))
+                add({"cycle_l1": (_to_unit(rec) - _to_unit(x)).flatten(1).abs().mean(1)})
+    return {k: v / counts[k] for k, v in sums.items()}

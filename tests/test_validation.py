@@ -129,6 +129,17 @@ class Scheduled(OneWay):
         self.steps += 1
         return {"g": torch.zeros(())}
 
+    # a metric of its own, where higher is better: how far the translations move from the inputs
+    val_higher_is_better = frozenset({"change"})
+
+    @classmethod
+    def val_metrics(cls, pipeline):
+        return (*super().val_metrics(pipeline), "change")
+
+    def validation_scores(self, translators, val):
+        moved = [float((translators["a2b"](x[None].to(self.device)) - x).abs().mean()) for x in val.a]
+        return {"change": sum(moved) / len(moved)}
+
 
 class Shift(torch.nn.Module):
     def __init__(self):
@@ -250,6 +261,18 @@ def test_a_worse_later_score_never_replaces_best(data, plugins_installed, tmp_pa
     assert kids[1] < kids[3] < kids[2] < kids[0]  # the schedule 0.1, 0.9, 0.3, 0.6 towards B
     assert [r["step"] for r in rows if r.get("val_best")] == [1, 2]
     assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["step"] == 2
+
+
+def test_a_task_offers_a_metric_of_its_own(data, plugins_installed, tmp_path):
+    from img2img.engine.train import train
+
+    run = tmp_path / "run"
+    train(pipeline(data, "scheduled", val_metric="change"), out=run)
+    rows = val_rows(run)
+    changes = [r["val_change"] for r in rows]
+    assert changes.index(max(changes)) == 1 and "val_kid" not in rows[0]  # the schedule peaks at step 2
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == 2 and best["best"]["metric"] == "change" and best["best"]["value"] == max(changes)
 
 
 def test_one_direction_tasks_validate_by_kid_with_random_conv_by_default(data, plugins_installed, tmp_path):

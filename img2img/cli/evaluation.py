@@ -84,7 +84,7 @@ def report(
     run_dir: Path = typer.Argument(..., help="Run folder written by img2img train."),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
 ) -> None:
-    """Write a self-contained HTML report: curves, samples over time, timing."""
+    """Write a self-contained HTML report: curves, validation and the best checkpoint, samples, timing."""
     from img2img.evaluation.report import write_report
 
     path = write_report(run_dir, out)

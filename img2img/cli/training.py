@@ -59,10 +59,9 @@ def validate(
     import yaml
 
     from img2img.config import dump_pipeline, load_pipeline
-
-    p = load_pipeline(pipeline, set_ or [])
     from img2img.engine.validation import check_ready, describe
 
+    p = load_pipeline(pipeline, set_ or [])
     check_ready(p, str(pipeline))  # the validation extractor and its weights, before any training
     if show:
         console.print(yaml.safe_dump(dump_pipeline(p), sort_keys=False), highlight=False, markup=False,

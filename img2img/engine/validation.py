@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,7 +65,6 @@ class Validator:
     extractor_name: str | None = None
     extractor: nn.Module | None = None
     reference: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def create(cls, trainer) -> Validator | None:
@@ -82,11 +81,16 @@ class Validator:
                 higher=metric in task_cls.val_higher_is_better)
         if metric in DISTRIBUTION_METRICS:
             v._prepare_distribution(task_cls)
+        else:
+            extra = f" and {len(v.images.b)} of data.val.b" if v.images.b else ""
+            trainer.console.print(f"validation: {metric} of {len(v.images.a)} data.val.a images{extra}, every "
+                                  f"{v.every} steps; best.pt keeps the {'highest' if v.higher else 'lowest'}",
+                                  highlight=False, markup=False)
         best = trainer.best
         if best is not None and (best.get("metric") != metric or best.get("extractor") != v.extractor_name
                                  or not math.isfinite(best.get("value", math.nan))):
             trainer.console.print(f"note: validation now picks best.pt by {describe(p)} (was {best.get('metric')}); "
-                                  "the next validation replaces best.pt", highlight=False)
+                                  "the next validation replaces best.pt", highlight=False, markup=False)
             trainer.best = None
         return v
 
@@ -106,11 +110,11 @@ class Validator:
                                        trainer.device)
         note = dist.fid_warning(len(self.reference), len(self.images.a), self.reference.shape[1])
         if self.metric == "fid" and note:
-            trainer.console.print(f"[yellow]warning: {note}[/]", highlight=False)
+            trainer.console.print(f"warning: {note}", style="yellow", highlight=False, markup=False)
         trainer.console.print(
             f"validation: {self.metric} with {self.extractor_name}, {len(self.images.a)} translated data.val.a "
-            f"images against {len(files)} of {where} ({self.reference.shape[1]} features; reference computed in "
-            f"{time.perf_counter() - start:.1f} s)", highlight=False)
+            f"images against {len(files)} of {where}, every {self.every} steps ({self.reference.shape[1]} features; "
+            f"reference computed in {time.perf_counter() - start:.1f} s)", highlight=False, markup=False)
 
     def due(self, step: int, total: int) -> bool:
         return step % self.every == 0 or step == total

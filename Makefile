@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python benchmarks/translate.py
 	$(BIN)/python benchmarks/dataloader.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/validation.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

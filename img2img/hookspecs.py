@@ -67,7 +67,27 @@ def register_tasks(register):
     the translator of each direction is made from its networks (``translator_nets``, or
     ``translator()`` / ``build_translator()`` for one composed of several). The engine gives it
     validation, EMA, exact resume, samples, translate, export, serve and torchrun. See
-    ``img2img/tasks/base.py`` for the whole contract.
+    ``img2img/tasks/base.py`` for the whole contract. What its validation can score is ``val_metrics`` /
+    ``validation_scores`` (``img2img/tasks/validation.py``); kid and fid come from the engine for any task
+    with an ``a2b`` translator.
+    """
+
+
+@hookspec
+def register_feature_extractors(register):
+    """Register feature extractors for FID/KID: ``register("name", factory)``.
+
+    ``factory(**params) -> torch.nn.Module`` mapping ``[N, 3, H, W]`` float images in [-1, 1] to
+    ``[N, D]`` features (grey and RGBA images reach it as RGB). Attributes:
+
+    - ``input_size: int`` (required) -- the square size it resizes to itself; the clean-fid
+      protocol of ``img2img evaluate --resize-protocol clean`` resizes to it with PIL beforehand.
+    - ``num_features: int`` -- D, when known before the first batch.
+
+    A factory that loads a file sets ``factory.weights =
+    img2img.evaluation.weights.WeightsFile(name, file, url, sha256)``: ``img2img weights download
+    NAME`` fetches it, ``img2img validate`` reports it missing, and a ``weights: Path | None``
+    parameter, when the factory has one, says where it is instead of the torch hub cache.
     """
 
 

@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "img2img.default_plugins.unet",
     "img2img.default_plugins.patchgan",
     "img2img.default_plugins.losses",
+    "img2img.default_plugins.extractors",
     "img2img.tasks.cyclegan",
     "img2img.tasks.pix2pix",
 )

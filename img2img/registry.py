@@ -16,18 +16,20 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from img2img import plugins
 from img2img.errors import Img2ImgError, did_you_mean
 
-KINDS = ("generator", "discriminator", "loss", "task")
+KINDS = ("generator", "discriminator", "loss", "task", "feature_extractor")
 HOOKS = {
     "generator": "register_generators",
     "discriminator": "register_discriminators",
     "loss": "register_losses",
     "task": "register_tasks",
+    "feature_extractor": "register_feature_extractors",
 }
 IO_PARAMS = {
     "generator": ("in_channels", "out_channels"),
     "discriminator": ("in_channels",),
     "loss": (),
     "task": (),
+    "feature_extractor": (),
 }
 
 

@@ -57,3 +57,11 @@ def test_train_step_benchmark_compares_with_the_reference_step():
     # the same architecture does the same arithmetic as the reference step
     assert result["flops_per_step"] == pytest.approx(result["reference_flops_per_step"], rel=1e-3)  # it prints 4 digits
     assert result["rss_ratio_to_reference"] > 0 and result["reference_seconds_per_step"] > 0
+
+
+def test_validation_benchmark_states_a_validation_in_training_steps():
+    result = run_script("validation.py", "--size", "32", "--ngf", "4", "--batch", "2", "--images", "4", "--steps", "1",
+                        "--rounds", "1", "--extractors", "random_conv", "--threads", "1", "--device", "cpu")
+    run = result["random_conv"]
+    assert run["features"] == 358 and run["validation_seconds"] > 0 and run["reference_seconds"] > 0
+    assert run["validation_in_steps"] == pytest.approx(run["validation_seconds"] / result["train_step_seconds"])

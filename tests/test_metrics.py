@@ -193,7 +193,9 @@ def test_csv_and_table(tmp_path: Path) -> None:
 
 
 class TinyFeatures(nn.Module):
-    """A random conv net standing in for Inception: [B, 3, H, W] in [0, 1] -> [B, 8]."""
+    """A random conv net standing in for Inception: [B, 3, H, W] in [-1, 1] -> [B, 8]."""
+
+    input_size = 32
 
     def __init__(self) -> None:
         super().__init__()
@@ -208,7 +210,8 @@ class TinyFeatures(nn.Module):
 
 
 def features(extractor: nn.Module, root: Path) -> np.ndarray:
-    images = [load01(p).astype(np.float32) for p in sorted(root.glob("*.png"))]
+    """The reference features: PIL-read images mapped to [-1, 1], one batch, float64."""
+    images = [load01(p).astype(np.float32) * 2 - 1 for p in sorted(root.glob("*.png"))]
     batch = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2))
     return extractor(batch).double().numpy()
 
@@ -245,11 +248,14 @@ def test_fid_and_kid_match_scipy_and_numpy(two_sets: tuple[Path, Path]) -> None:
 
     expected_fid = reference_fid(real, fake)
     assert expected_fid > 1.0
-    assert result["summary"]["fid"] == pytest.approx(expected_fid, rel=1e-4)
-    assert result["summary"]["kid"] == pytest.approx(reference_kid(real, fake), rel=1e-4)
+    assert result["summary"]["fid"] == pytest.approx(expected_fid, rel=1e-6)
+    assert result["summary"]["kid"] == pytest.approx(reference_kid(real, fake), rel=1e-6)
     assert result["summary"]["kid_std"] == 0.0  # one subset holding every image
     assert result["summary"]["count"] == 20 and result["summary"]["count_target"] == 20
+    assert result["summary"]["features"] == 8 and result["summary"]["resize_protocol"] == "torch"
     assert result["per_image"] == []
+    # 20 images and 8 features: FID is estimable, so no warning
+    assert result["warnings"] == []
 
 
 def test_fid_of_a_folder_with_itself_is_zero(two_sets: tuple[Path, Path]) -> None:
@@ -282,8 +288,9 @@ def test_missing_inception_weights_explain_what_to_do(tmp_path: Path, monkeypatc
     with pytest.raises(Img2ImgError) as err:
         evaluate_folders(tmp_path / "a", tmp_path / "a", ["psnr", "fid"])
     message = str(err.value)
-    assert "FID/KID need Inception v3 weights" in message
+    assert "the inception_v3 weights are not in the torch hub cache" in message
     assert INCEPTION_URL in message and "--feature-weights" in message
+    assert "img2img weights download inception_v3" in message and "--extractor random_conv" in message
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_FILE) in message
 
     with pytest.raises(Img2ImgError, match="nope.pth does not exist"):
@@ -291,6 +298,9 @@ def test_missing_inception_weights_explain_what_to_do(tmp_path: Path, monkeypatc
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
     with pytest.raises(Img2ImgError, match="junk.pth is not a torchvision Inception v3 state_dict"):
         evaluate_folders(tmp_path / "a", tmp_path / "a", ["kid"], feature_weights=tmp_path / "junk.pth")
+    with pytest.raises(Img2ImgError, match="'random_conv' reads no weights file"):
+        evaluate_folders(tmp_path / "a", tmp_path / "a", ["kid"], extractor="random_conv",
+                         feature_weights=tmp_path / "junk.pth")
 
 
 def test_inception_weights_are_read_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,5 +313,9 @@ def test_inception_weights_are_read_from_the_hub_cache(tmp_path: Path, monkeypat
     torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), cache)
     folder(tmp_path / "a", 3, seed=1)
     folder(tmp_path / "b", 3, seed=2, bright=0.3)
-    summary = evaluate_folders(tmp_path / "a", tmp_path / "b", ["kid"], kid_subset_size=3)["summary"]
+    result = evaluate_folders(tmp_path / "a", tmp_path / "b", ["kid", "fid"], kid_subset_size=3)
+    summary = result["summary"]
     assert math.isfinite(summary["kid"]) and summary["kid_std"] == 0.0
+    assert summary["features"] == 2048 and summary["extractor"] == "inception_v3"
+    # 3 images cannot estimate a 2048 x 2048 covariance: the result says so and suggests KID
+    assert len(result["warnings"]) == 1 and "not stable" in result["warnings"][0] and "KID" in result["warnings"][0]

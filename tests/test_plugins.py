@@ -121,6 +121,32 @@ def test_hook_register_tasks(plugin_manager):
     assert isinstance(p, MirrorPipeline) and p.model.generator.name == "resnet_9blocks"
 
 
+def test_hook_register_feature_extractors(plugin_manager):
+    class MeanColour(nn.Module):
+        input_size = 8
+
+        def forward(self, x):
+            return nn.functional.interpolate(x, size=(8, 8)).mean((2, 3))
+
+    class Plugin:
+        @img2img.hookimpl
+        def register_feature_extractors(self, register):
+            def mean_colour(*, scale: float = 1.0) -> nn.Module:
+                """The mean colour of the image."""
+                return MeanColour()
+
+            register("mean_colour", mean_colour)
+
+    plugin_manager.register(Plugin(), name="extractor-plugin")
+    from img2img.evaluation.distribution import build_extractor, features
+
+    net = build_extractor({"name": "mean_colour", "scale": 2.0})
+    assert features([torch.zeros(2, 1, 5, 5)], net, "cpu").shape == (2, 3)  # grey arrives as RGB
+    listed = json.loads(runner.invoke(app, ["components", "feature_extractor", "--json"]).output)
+    assert {c["name"] for c in listed} >= {"mean_colour", "inception_v3", "random_conv"}
+    assert next(c for c in listed if c["name"] == "mean_colour")["plugin"] == "extractor-plugin"
+
+
 def test_hook_register_commands(plugin_manager):
     class Plugin:
         @img2img.hookimpl

@@ -213,3 +213,48 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
     for color in PALETTE[:3]:
         close = np.abs(pixels.astype(np.int16) - _hex_rgb(color)).max(axis=-1) <= 12
         assert close.sum() > 200, f"curve colour {color} not found in the screenshot"
+
+
+def test_validation_curves_mark_the_best_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "pipeline.yaml").write_text("task: cut\nname: kid-run\ntrain: {val_metric: kid}\n")
+    kids = [0.30, 0.12, 0.18, 0.15]
+    lines = []
+    for i, kid in enumerate(kids, 1):
+        lines.append({"step": 10 * i, "epoch": 0, "g_ab": 1.0 / i, "seconds_per_step": 0.2, "lr": 2e-4})
+        row = {"step": 10 * i, "epoch": 0, "val_kid": kid, "val_kid_std": 0.01, "val_seconds": 1.5}
+        if kid == min(kids[:i]):
+            row["val_best"] = 1
+        lines.append(row)
+    lines.append({"step": 40, "epoch": 0, "<img src=x onerror=alert(1)>": 1.0})  # keys are data, not markup
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    for name in ("best.pt", "last.pt"):
+        (run / "checkpoints" / name).write_bytes(b"\0" * 10)
+
+    loaded = load_run(run)
+    assert set(loaded.vals) == {"val_kid"} and set(loaded.spreads) == {"val_kid"}  # std is a band, not a panel
+    assert loaded.val_seconds.values == [1.5] * 4 and "val_best" not in loaded.vals
+    assert (loaded.best.step, loaded.best.key, loaded.best.value) == (20, "val_kid", 0.12)
+
+    page = write_report(run, tmp_path / "r.html").read_text()
+    assert "chosen by val_kid = 0.12" in page and "step 20" in page
+    assert "<b>step 20</b><span>best.pt (val_kid 0.12)</span>" in page
+    assert "<td>best validation, step 20: val_kid = 0.12</td>" in page
+    assert '<tr class="best"><td>val_kid</td>' in page and "★ best.pt" in page  # the starred panel title
+    assert "<td>validation time</td><td class=num>0m 06s</td>" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_every_section_comes_from_a_template(run_dir: Path, tmp_path: Path) -> None:
+    """The page is templates/report.html.j2 plus one template per section; code passes data only."""
+    from img2img.evaluation import report
+
+    templates = Path(report.__file__).with_name("templates")
+    sections = [s for s in (make(report.load_run(run_dir)) for make in report.SECTIONS) if s is not None]
+    assert [s.id for s in sections] == ["losses", "lr", "validation", "timing", "samples", "checkpoints", "pipeline"]
+    for section in sections:
+        assert (templates / "sections" / section.template).is_file()
+    page = write_report(run_dir, tmp_path / "r.html").read_text()
+    assert all(f'<section id="{s.id}">' in page for s in sections)
+    assert "<h2" not in Path(report.__file__).read_text()  # no HTML built in the module

@@ -1,15 +1,21 @@
 """`img2img evaluate` and `img2img report`."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from img2img.cli.base import app, console, report_user_errors
+from img2img.cli.base import app, console, print_message, report_user_errors
 from img2img.cli.inference import Direction
 from img2img.errors import Img2ImgError
+
+
+class ResizeProtocol(str, Enum):
+    torch = "torch"
+    clean = "clean"
 
 
 @app.command()
@@ -20,8 +26,18 @@ def evaluate(
     metrics: str = typer.Option("psnr,ssim", "--metrics", help="Comma list of psnr, ssim, mae, fid, kid."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {summary, per_image}."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write per-image rows to this CSV file."),
+    extractor: str = typer.Option("inception_v3", "--extractor",
+                                  help="Feature extractor for FID/KID (img2img components feature_extractor)."),
     feature_weights: Optional[Path] = typer.Option(None, "--feature-weights",
-                                                   help="Inception-v3 weights for FID/KID (a torchvision .pth)."),
+                                                   help="The extractor's weights file (default: the torch hub cache; "
+                                                        "img2img weights download inception_v3)."),
+    resize_protocol: ResizeProtocol = typer.Option(
+        ResizeProtocol.torch, "--resize-protocol",
+        help="torch: the extractor resizes on the device (bilinear, antialiased); clean: clean-fid's PIL bicubic "
+             "resize of the 8-bit images to the extractor's input size."),
+    kid_subset_size: Optional[int] = typer.Option(None, "--kid-subset-size", min=2,
+                                                  help="Images per KID subset (default: min(1000, set sizes))."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per feature batch."),
     model: Optional[Path] = typer.Option(None, "--model", help="Translate the pipeline's test folder with this run first."),
     data: Optional[Path] = typer.Option(None, "--data", help="Pipeline whose data.test_a/test_b to use with --model."),
     direction: Direction = typer.Option(Direction.a2b, "--direction", "-d"),
@@ -36,8 +52,11 @@ def evaluate(
     if pred_dir is None or target_dir is None:
         raise Img2ImgError("give PRED_DIR and TARGET_DIR, or --model RUN --data PIPELINE")
     names = [x.strip() for x in metrics.split(",") if x.strip()]
-    result = m.evaluate_folders(pred_dir, target_dir, names, feature_weights=feature_weights, channels=channels,
-                                device=device)
+    result = m.evaluate_folders(pred_dir, target_dir, names, extractor=extractor, feature_weights=feature_weights,
+                                resize_protocol=resize_protocol.value, channels=channels, device=device,
+                                kid_subset_size=kid_subset_size, batch_size=batch_size)
+    for note in result["warnings"]:
+        print_message(note, prefix="warning:", style="yellow")
     if csv_path is not None:
         m.write_csv(result, csv_path)
     if as_json:
@@ -65,7 +84,7 @@ def report(
     run_dir: Path = typer.Argument(..., help="Run folder written by img2img train."),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
 ) -> None:
-    """Write a self-contained HTML report: curves, samples over time, timing."""
+    """Write a self-contained HTML report: curves, validation and the best checkpoint, samples, timing."""
     from img2img.evaluation.report import write_report
 
     path = write_report(run_dir, out)

@@ -38,7 +38,7 @@ def plugins(
 @app.command()
 @report_user_errors
 def components(
-    kind: Optional[str] = typer.Argument(None, help="generator, discriminator, loss or task."),
+    kind: Optional[str] = typer.Argument(None, help="generator, discriminator, loss, task or feature_extractor."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List registered components with their parameters, types and defaults."""

@@ -59,8 +59,10 @@ def validate(
     import yaml
 
     from img2img.config import dump_pipeline, load_pipeline
+    from img2img.engine.validation import check_ready, describe
 
     p = load_pipeline(pipeline, set_ or [])
+    check_ready(p, str(pipeline))  # the validation extractor and its weights, before any training
     if show:
         console.print(yaml.safe_dump(dump_pipeline(p), sort_keys=False), highlight=False, markup=False,
                       soft_wrap=True)  # YAML to copy: no markup, no folded lines
@@ -73,6 +75,8 @@ def validate(
             value = getattr(model, fname)
             if isinstance(value, ComponentSpec):
                 parts.append(f"{fname} {value.name}")
+    if (scored := describe(p)) is not None:
+        parts.append(f"validation {scored}")
     console.print(f"[green]ok[/] {escape(str(pipeline))}: " + escape(", ".join(parts)), highlight=False)
 
 

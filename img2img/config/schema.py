@@ -32,6 +32,25 @@ class ComponentSpec(BaseModel):
         return {"name": self.name, **self.params}
 
 
+class ExtractorSpec(BaseModel):
+    """``train.val_extractor``: ``{name: ..., **params}`` of a feature extractor (or just its name).
+
+    Not a `ComponentSpec` on purpose: it is checked when a training starts and by ``img2img
+    validate``, not whenever a checkpoint is opened, so translate and export never need the
+    extractor's plugin or weights.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
+
+    def ref(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
 class GeneratorSpec(ComponentSpec):
     kind: ClassVar[str] = "generator"
 
@@ -77,6 +96,11 @@ class DataConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    @field_validator("val_extractor", mode="before")
+    @classmethod
+    def _extractor_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
     epochs: int = Field(100, ge=0)
     decay_epochs: int = Field(100, ge=0)
     max_steps: int | None = Field(None, ge=1)
@@ -99,7 +123,8 @@ class TrainConfig(StrictModel):
     on_nan: Literal["stop", "skip"] = "stop"
     ema: float | None = Field(None, gt=0, lt=1)
     val_every: int | None = Field(None, ge=1)
-    val_metric: Literal["l1", "psnr", "ssim", "cycle_l1"] | None = None
+    val_metric: str | None = Field(None, min_length=1)  # one of the task's val_metrics(); checked by the task
+    val_extractor: ExtractorSpec | None = None  # kid/fid only; default: the task's val_extractor_default()
     samples: int = Field(4, ge=1, le=16)
 
 

@@ -1,22 +1,30 @@
 """Validation during training: translate `data.val`, score it, keep `checkpoints/best.pt`.
 
-pix2pix scores its outputs against the paired targets (L1 on [0, 1] by default, or PSNR/SSIM);
-CycleGAN has no targets, so it scores the cycle reconstruction A -> B -> A (and B -> A -> B when
-`data.val.b` is given) with L1.
+The task says what it can score (`Task.val_metrics`) and computes its own scores
+(`Task.validation_scores`: l1/psnr/ssim for paired tasks, cycle_l1 for CycleGAN). kid and fid are
+the engine's, for any task with an a2b translator: `data.val.a` translated a2b, rounded to 8 bits
+as translate would save it, against `data.val.b` (or `data.b` when `val.b` is absent), features on
+the training device in batches (img2img/evaluation/distribution.py). The reference features are
+computed once, when the validator is created.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
+from torch import nn
 
 from img2img.engine import checkpoint as ckpt_io
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, PipelineError
 from img2img.inference.tiling import SizeAdapter
+from img2img.tasks.validation import DISTRIBUTION_METRICS, ValImages, effective_metric, extractor_ref
 
-HIGHER_IS_BETTER = {"psnr", "ssim"}
-PAIRED_METRICS = ("l1", "psnr", "ssim")
-UNPAIRED_METRICS = ("cycle_l1",)
+BATCH = 16
 
 
 def run_generator(gen: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -24,100 +32,188 @@ def run_generator(gen: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return SizeAdapter(gen, int(getattr(gen, "size_multiple", 1)))(x)
 
 
+def check_ready(pipeline, source: str | None = None) -> None:
+    """Raise a `PipelineError` for what would stop validation here (the task's `validate_setup`)."""
+    from img2img.registry import get_registry
+
+    task_cls = get_registry().get("task", pipeline.task).factory
+    problems = list(task_cls.validate_setup(pipeline)) if hasattr(task_cls, "validate_setup") else []
+    if problems:
+        raise PipelineError(problems, source)
+
+
+def describe(pipeline) -> str | None:
+    """``kid (random_conv)``: the metric that picks best.pt and its extractor, or None without data.val."""
+    from img2img.registry import get_registry
+
+    if pipeline.data.val is None:
+        return None
+    task_cls = get_registry().get("task", pipeline.task).factory
+    metric = effective_metric(task_cls, pipeline)
+    if metric in DISTRIBUTION_METRICS:
+        return f"{metric} ({extractor_ref(task_cls, pipeline, metric)['name']})"
+    return metric
+
+
 @dataclass
 class Validator:
-    trainer: object
+    trainer: Any
     metric: str
     every: int
-    images: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
-    images_b: list[torch.Tensor] = field(default_factory=list)
+    images: ValImages
+    higher: bool = False
+    extractor_name: str | None = None
+    extractor: nn.Module | None = None
+    reference: np.ndarray | None = None
 
     @classmethod
     def create(cls, trainer) -> Validator | None:
-        from img2img.data import list_images, match_pairs, read_image, to_tensor
-
         p = trainer.pipeline
+        task_cls = type(trainer.task)
+        check_ready(p, "the pipeline (train.* / data.val)")
         if p.data.val is None:
             return None
-        paired = trainer.task.data_kind == "paired"
-        metric = p.train.val_metric or ("l1" if paired else "cycle_l1")
-        allowed = PAIRED_METRICS if paired else UNPAIRED_METRICS
-        if metric not in allowed:
-            raise Img2ImgError(f"train.val_metric: '{metric}' is not available for the {p.task} task; "
-                               f"use one of {', '.join(allowed)}")
-        ch = p.data.channels
-        val = p.data.val
-        files_a = list_images(val.a, "data.val.a")
-        v = cls(trainer=trainer, metric=metric, every=p.train.val_every or p.train.checkpoint_every)
-        if paired:
-            if val.b is None:
-                raise Img2ImgError("data.val.b: the targets of the validation inputs are required for "
-                                   f"{p.task}, paired by file name with data.val.a")
-            for a_path, b_path in match_pairs(files_a, val.a, list_images(val.b, "data.val.b"), val.b,
-                                              ("data.val.a", "data.val.b")):
-                v.images.append((to_tensor(read_image(a_path, ch.a)), to_tensor(read_image(b_path, ch.b))))
+        metric = effective_metric(task_cls, p)
+        if p.train.val_metric is None:
+            p.train.val_metric = metric  # the resolved pipeline (pipeline.yaml, checkpoints) says which
+        v = cls(trainer=trainer, metric=metric, every=p.train.val_every or p.train.checkpoint_every,
+                images=load_val_images(p, task_cls.data_kind == "paired"),
+                higher=metric in task_cls.val_higher_is_better)
+        if metric in DISTRIBUTION_METRICS:
+            v._prepare_distribution(task_cls)
         else:
-            v.images = [(to_tensor(read_image(f, ch.a)), None) for f in files_a]
-            if val.b is not None:
-                v.images_b = [to_tensor(read_image(f, ch.b)) for f in list_images(val.b, "data.val.b")]
+            extra = f" and {len(v.images.b)} of data.val.b" if v.images.b else ""
+            trainer.console.print(f"validation: {metric} of {len(v.images.a)} data.val.a images{extra}, every "
+                                  f"{v.every} steps; best.pt keeps the {'highest' if v.higher else 'lowest'}",
+                                  highlight=False, markup=False)
+        best = trainer.best
+        if best is not None and (best.get("metric") != metric or best.get("extractor") != v.extractor_name
+                                 or not math.isfinite(best.get("value", math.nan))):
+            trainer.console.print(f"note: validation now picks best.pt by {describe(p)} (was {best.get('metric')}); "
+                                  "the next validation replaces best.pt", highlight=False, markup=False)
+            trainer.best = None
         return v
+
+    def _prepare_distribution(self, task_cls) -> None:
+        from img2img.evaluation import distribution as dist
+
+        trainer, p = self.trainer, self.trainer.pipeline
+        ref = extractor_ref(task_cls, p, self.metric)
+        self.extractor_name = ref["name"]
+        self.extractor = dist.build_extractor(ref).to(trainer.device)
+        files, reader, where = reference_files(p, task_cls.data_kind == "paired")
+        if len(self.images.a) < 2 or len(files) < 2:
+            raise Img2ImgError(f"train.val_metric {self.metric}: data.val.a and {where} need at least 2 images each "
+                               f"(they have {len(self.images.a)} and {len(files)})")
+        start = time.perf_counter()
+        self.reference = dist.features(dist.batched((reader(f) for f in files), BATCH), self.extractor,
+                                       trainer.device)
+        note = dist.fid_warning(len(self.reference), len(self.images.a), self.reference.shape[1])
+        if self.metric == "fid" and note:
+            trainer.console.print(f"warning: {note}", style="yellow", highlight=False, markup=False)
+        trainer.console.print(
+            f"validation: {self.metric} with {self.extractor_name}, {len(self.images.a)} translated data.val.a "
+            f"images against {len(files)} of {where}, every {self.every} steps ({self.reference.shape[1]} features; "
+            f"reference computed in {time.perf_counter() - start:.1f} s)", highlight=False, markup=False)
 
     def due(self, step: int, total: int) -> bool:
         return step % self.every == 0 or step == total
 
-    @torch.no_grad()
     def scores(self) -> dict[str, float]:
-        from img2img.evaluation.metrics import paired_scores
-
+        """The task's scores, plus kid (with kid_std) or fid when that is the metric."""
         trainer = self.trainer
-        gens = trainer.generators_for_eval()
-        modes = {d: g.training for d, g in gens.items()}
-        for g in gens.values():
-            g.eval()
-        device = trainer.device
-        sums: dict[str, float] = {}
-        count = 0
+        translators = trainer.generators_for_eval()  # the engine's one access point to the translators
+        modes = {d: t.training for d, t in translators.items()}
+        sized = {d: SizeAdapter(t, int(getattr(t, "size_multiple", 1))) for d, t in translators.items()}
+        for t in translators.values():
+            t.eval()
         try:
-            with trainer.task.amp.autocast():
-                pairs = []
-                if trainer.task.data_kind == "paired":
-                    for x, target in self.images:
-                        pairs.append((run_generator(gens["a2b"], x[None].to(device)), target[None]))
-                else:
-                    for x, _ in self.images:
-                        x = x[None].to(device)
-                        pairs.append((run_generator(gens["b2a"], run_generator(gens["a2b"], x)), x))
-                    for x in self.images_b:
-                        x = x[None].to(device)
-                        pairs.append((run_generator(gens["a2b"], run_generator(gens["b2a"], x)), x))
-                for pred, target in pairs:
-                    pred = ((pred.float().cpu() + 1) / 2).clamp(0, 1)
-                    target = ((target.float().cpu() + 1) / 2).clamp(0, 1)
-                    values = {"l1": float((pred - target).abs().mean())}
-                    if trainer.task.data_kind == "paired" and min(pred.shape[-2:]) >= 11:
-                        scored = paired_scores(pred, target)
-                        values.update(psnr=min(scored["psnr"], 100.0), ssim=scored["ssim"])
-                    for k, val in values.items():
-                        sums[k] = sums.get(k, 0.0) + val
-                    count += 1
+            with torch.no_grad(), trainer.task.amp.autocast():
+                out = {k: float(v) for k, v in trainer.task.validation_scores(sized, self.images).items()}
+                fakes = self._translate(sized["a2b"]) if self.metric in DISTRIBUTION_METRICS else None
         finally:
-            for d, g in gens.items():
-                g.train(modes[d])
-        out = {k: v / max(1, count) for k, v in sums.items()}
-        if self.metric == "cycle_l1":
-            out = {"cycle_l1": out["l1"]}
+            for d, t in translators.items():
+                t.train(modes[d])
+        if fakes is not None:
+            from img2img.evaluation import distribution as dist
+
+            fake = dist.features(dist.batched(fakes, BATCH), self.extractor, trainer.device)
+            scored = dist.scores(self.reference, fake, [self.metric])
+            scored.pop("kid_subset_size", None)
+            out.update(scored)
+        return out
+
+    def _translate(self, translator: nn.Module) -> list[torch.Tensor]:
+        from img2img.evaluation.distribution import batched, quantize
+
+        out = []
+        for batch in batched(self.images.a, BATCH):
+            y = translator(batch.to(self.trainer.device))
+            out.extend(quantize(y.float()).cpu())
         return out
 
     def run(self) -> dict:
-        """Score, log row, and write best.pt when the chosen metric improved."""
+        """Score, return the metrics row, and write best.pt when the chosen metric improved."""
         trainer = self.trainer
+        start = time.perf_counter()
         scores = self.scores()
+        if self.metric not in scores:
+            gave = ", ".join(sorted(scores)) or "nothing"
+            raise Img2ImgError(f"the {trainer.pipeline.task} task's validation_scores gave {gave}, not "
+                               f"'{self.metric}' (train.val_metric); its val_metrics and validation_scores disagree")
         value = scores[self.metric]
+        row = {"step": trainer.step, "epoch": trainer.epoch, **{f"val_{k}": v for k, v in scores.items()},
+               "val_seconds": time.perf_counter() - start}
         best = trainer.best
-        better = best is None or (value > best["value"] if self.metric in HIGHER_IS_BETTER else value < best["value"])
-        row = {"step": trainer.step, "epoch": trainer.epoch, **{f"val_{k}": v for k, v in scores.items()}}
+        better = math.isfinite(value) and (
+            best is None or (value > best["value"] if self.higher else value < best["value"]))
         if better:
-            trainer.best = {"metric": self.metric, "value": value, "step": trainer.step}
+            trainer.best = {"metric": self.metric, "value": value, "step": trainer.step,
+                            "extractor": self.extractor_name}
             ckpt_io.atomic_save(trainer.state(), trainer.run.checkpoints / "best.pt")
             row["val_best"] = 1
         return row
+
+
+# ---------------------------------------------------------------------------------------------
+# loading data.val and the kid/fid reference
+
+
+def load_val_images(p, paired: bool) -> ValImages:
+    from img2img.data import list_images, match_pairs, read_image, to_tensor
+
+    ch, val = p.data.channels, p.data.val
+    files_a = list_images(val.a, "data.val.a")
+    if paired and val.b is not None:
+        pairs = match_pairs(files_a, val.a, list_images(val.b, "data.val.b"), val.b, ("data.val.a", "data.val.b"))
+        return ValImages(a=[to_tensor(read_image(a, ch.a)) for a, _ in pairs],
+                         b=[to_tensor(read_image(b, ch.b)) for _, b in pairs], paired=True,
+                         names_a=[a.name for a, _ in pairs], names_b=[b.name for _, b in pairs])
+    files_b = list_images(val.b, "data.val.b") if val.b is not None and not paired else []
+    return ValImages(a=[to_tensor(read_image(f, ch.a)) for f in files_a],
+                     b=[to_tensor(read_image(f, ch.b)) for f in files_b], paired=False,
+                     names_a=[f.name for f in files_a], names_b=[f.name for f in files_b])
+
+
+def reference_files(p, paired: bool) -> tuple[list[Path], Callable[[Path], torch.Tensor], str]:
+    """The real B images kid/fid compare with: data.val.b, else the training targets (data.b, or
+    data.a / the pairs' other half when a paired pipeline has data.direction b2a)."""
+    from img2img.data import list_images, read_image, read_pair_image, to_tensor
+
+    ch, data = p.data.channels, p.data
+    swap = paired and data.direction == "b2a"
+    if data.val.b is not None:
+        return list_images(data.val.b, "data.val.b"), lambda f: to_tensor(read_image(f, ch.b)), "data.val.b"
+    if data.pairs is not None:
+        half = "left" if swap else "right"
+
+        def read_half(f: Path) -> torch.Tensor:
+            left, right = read_pair_image(f, ch.b if swap else ch.a, ch.a if swap else ch.b)
+            return to_tensor(left if swap else right)
+
+        return list_images(data.pairs, "data.pairs"), read_half, f"the {half} halves of data.pairs"
+    key = "a" if swap else "b"
+    folder = getattr(data, key)
+    if folder is None:
+        raise Img2ImgError("kid/fid validation needs real B images: set data.val.b (or data.b)")
+    return list_images(folder, f"data.{key}"), lambda f: to_tensor(read_image(f, ch.b)), f"data.{key}"

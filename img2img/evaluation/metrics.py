@@ -1,10 +1,11 @@
 """Image-quality metrics: paired (PSNR, SSIM, MAE) and distribution (FID, KID) scores of two folders.
 
 Paired metrics compare each prediction with the target of the same relative path (extension ignored).
-Distribution metrics compare the two folders as sets through a feature extractor: torchvision's
-Inception v3 (2048-d pool features) by default, or any ``nn.Module`` passed from Python. Scores use the
-torchvision ImageNet Inception weights, so they are comparable between img2img evaluations but not to
-papers that used the TensorFlow FID network.
+Distribution metrics compare the two folders as sets through a registered feature extractor
+(``inception_v3`` by default: torchvision's ImageNet Inception v3, 2048-d pool features, so scores
+are comparable between img2img evaluations but not to papers that used the TensorFlow FID network;
+see docs/evaluation.md). The computation is `img2img.evaluation.distribution`, shared with the
+validation during training.
 
 Values are on the [0, 1] data range. The PSNR of identical images is ``float("inf")``; :func:`to_json`
 writes it as the string ``"inf"`` because JSON has no infinity.
@@ -28,12 +29,10 @@ from img2img.errors import Img2ImgError
 PAIRED = ("psnr", "ssim", "mae")
 DISTRIBUTION = ("fid", "kid")
 
-INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
+INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"  # also in img2img.default_plugins.extractors.INCEPTION
 INCEPTION_URL = f"https://download.pytorch.org/models/{INCEPTION_FILE}"
 
 _MIN_SSIM_SIDE = 6  # torchmetrics' 11-tap Gaussian window pads by 5 pixels with reflection
-_KID_SUBSETS = 100
-_KID_SEED = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,8 +79,10 @@ def evaluate_folders(
     target_dir: Path,
     metrics: Sequence[str] = ("psnr", "ssim"),
     *,
+    extractor: str | dict = "inception_v3",
     feature_extractor: nn.Module | None = None,
     feature_weights: Path | None = None,
+    resize_protocol: str = "torch",
     channels: int = 3,
     batch_size: int = 16,
     device: str = "cpu",
@@ -89,11 +90,15 @@ def evaluate_folders(
 ) -> dict[str, Any]:
     """Score the images in ``pred_dir`` against those in ``target_dir``.
 
-    Returns ``{"summary": {metric: value, "count": n, ...}, "per_image": [{"name": ..., metric: ...}]}``;
-    ``per_image`` holds the paired metrics only. ``feature_extractor`` maps ``[B, 3, H, W]`` in [0, 1] to
-    ``[B, D]`` and replaces Inception for FID/KID; ``device`` is where features are computed (paired
-    metrics are cheap and stay on the CPU).
+    Returns ``{"summary": {metric: value, "count": n, ...}, "per_image": [{"name": ..., metric: ...}],
+    "warnings": [...]}``; ``per_image`` holds the paired metrics only. FID/KID use the registered
+    extractor `extractor` (a name or ``{name, **params}``; `feature_weights` is its ``weights`` file),
+    or `feature_extractor`, any module mapping ``[B, 3, H, W]`` in [-1, 1] to ``[B, D]`` with an
+    ``input_size``. `resize_protocol` is ``torch`` or ``clean`` (see `img2img.evaluation.distribution`);
+    ``device`` is where features are computed (paired metrics are cheap and stay on the CPU).
     """
+    from img2img.evaluation.distribution import PROTOCOLS
+
     pred_dir, target_dir = Path(pred_dir), Path(target_dir)
     names = _check_metric_names(metrics)
     for folder, role in ((pred_dir, "prediction"), (target_dir, "target")):
@@ -101,12 +106,14 @@ def evaluate_folders(
             raise Img2ImgError(f"{role} folder {folder} does not exist or is not a folder")
     if batch_size < 1:
         raise Img2ImgError(f"batch size must be at least 1, got {batch_size}")
+    if resize_protocol not in PROTOCOLS:
+        raise Img2ImgError(f"unknown resize protocol {resize_protocol!r}; use one of {', '.join(PROTOCOLS)}")
     paired = [m for m in names if m in PAIRED]
     distribution = [m for m in names if m in DISTRIBUTION]
 
-    extractor = None
+    net = None
     if distribution:  # find the weights before reading any image: a missing file is the likely failure
-        extractor = feature_extractor if feature_extractor is not None else inception_extractor(feature_weights)
+        net = feature_extractor if feature_extractor is not None else _extractor(extractor, feature_weights)
 
     from img2img.data import list_images
 
@@ -114,6 +121,7 @@ def evaluate_folders(
     target_files = list_images(target_dir)
     summary: dict[str, Any] = {}
     per_image: list[dict[str, Any]] = []
+    warnings: list[str] = []
 
     if paired:
         pairs = match_pairs(pred_dir, pred_files, target_dir, target_files)
@@ -123,14 +131,19 @@ def evaluate_folders(
     summary["count"] = len(pred_files)
 
     if distribution:
-        assert extractor is not None
-        summary.update(
-            _distribution_scores(
-                pred_files, target_files, distribution, extractor, channels, batch_size, device, kid_subset_size
-            )
-        )
+        assert net is not None
+        summary.update(_distribution_scores(pred_files, target_files, distribution, net, channels, batch_size,
+                                            device, kid_subset_size, resize_protocol, warnings))
+        summary["extractor"] = _extractor_label(extractor) if feature_extractor is None else type(net).__name__
         summary["count_target"] = len(target_files)
-    return {"summary": summary, "per_image": per_image}
+    return {"summary": summary, "per_image": per_image, "warnings": warnings}
+
+
+def _extractor_label(ref: str | dict) -> str:
+    if isinstance(ref, str):
+        return ref
+    params = ", ".join(f"{k}={v}" for k, v in ref.items() if k != "name")
+    return f"{ref['name']} ({params})" if params else str(ref["name"])
 
 
 def _check_metric_names(metrics: Sequence[str] | str) -> list[str]:
@@ -203,65 +216,29 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# distribution scores
+# distribution scores (computed in img2img.evaluation.distribution, shared with training validation)
 
 
 def inception_extractor(weights: Path | None = None) -> nn.Module:
-    """torchvision Inception v3 pool features (2048-d) from a local state_dict; never downloads."""
-    path = Path(weights) if weights is not None else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    if not path.is_file():
-        given = f"--feature-weights {path} does not exist" if weights is not None else f"{path} does not exist"
-        raise Img2ImgError(
-            f"FID/KID need Inception v3 weights, and {given}.\n"
-            f"On a machine with internet, download {INCEPTION_URL}\n"
-            f"and put it at {Path(torch.hub.get_dir()) / 'checkpoints' / INCEPTION_FILE} "
-            "(the torch hub cache, under $TORCH_HOME),\n"
-            "or pass its path with --feature-weights. img2img never downloads weights."
-        )
-    from torchvision.models import inception_v3
+    """The ``inception_v3`` feature extractor from a local state_dict (default: the hub cache); never downloads."""
+    return _extractor("inception_v3", weights)
+
+
+def _extractor(name: str | dict, weights: Path | None) -> nn.Module:
+    """Build the extractor, adding the `evaluate` options to a missing-weights message."""
+    from img2img.evaluation.distribution import build_extractor
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
-        net.load_state_dict(state)
-    except Exception as err:  # a wrong or truncated file: name it, whatever torch says
-        raise Img2ImgError(
-            f"{path} is not a torchvision Inception v3 state_dict ({type(err).__name__}: {err}). "
-            f"Get the right file from {INCEPTION_URL}"
-        ) from None
-    return InceptionFeatures(net)
+        return build_extractor(name, weights=weights)
+    except Img2ImgError as err:
+        from img2img.registry import get_registry, split_ref
 
-
-class InceptionFeatures(nn.Module):
-    """Resize to 299, normalise as torchvision's ImageNet weights expect, return the 2048-d pool features."""
-
-    num_features = 2048
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        net.fc = nn.Identity()  # the logits layer is dropped; its input is the pool3 feature vector
-        self.net = net.eval()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True) -> InceptionFeatures:
-        return super().train(False)  # batch norm and dropout stay in inference mode
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False, antialias=True)
-        return self.net((x - self.mean) / self.std)
-
-
-class _GivenFeatures(nn.Module):
-    """Hands precomputed features to torchmetrics: each folder passes the extractor once for FID and KID."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
+        registry, (plain, _) = get_registry(), split_ref(name)
+        if not registry.has("feature_extractor", plain) or not hasattr(
+                registry.get("feature_extractor", plain).factory, "weights"):
+            raise
+        raise Img2ImgError(f"{err}\nWith `img2img evaluate`, --feature-weights PATH names the file; "
+                           "--extractor random_conv needs no weights (for comparing runs, not papers).") from None
 
 
 def _distribution_scores(
@@ -273,81 +250,35 @@ def _distribution_scores(
     batch_size: int,
     device: str,
     kid_subset_size: int | None,
-) -> dict[str, float]:
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
+    resize_protocol: str,
+    warnings: list[str],
+) -> dict[str, Any]:
+    from img2img.evaluation import distribution as dist
 
     n = min(len(pred_files), len(target_files))
     if n < 2:
         raise Img2ImgError(f"FID/KID need at least 2 images in each folder; the smaller one has {n}")
-    subset = min(50, n) if kid_subset_size is None else kid_subset_size
-    if "kid" in metrics and not 2 <= subset <= n:
-        raise Img2ImgError(f"KID subset size must be between 2 and the number of images ({n}), got {subset}")
+    if "kid" in metrics and kid_subset_size is not None and not 2 <= kid_subset_size <= n:
+        raise Img2ImgError(f"KID subset size must be between 2 and the number of images ({n}), got {kid_subset_size}")
+    extractor = extractor.to(device)
+    size = dist.input_size(extractor)
 
-    was_training = extractor.training
-    extractor = extractor.to(device).eval()
-    try:
-        fake = _features(pred_files, extractor, channels, batch_size, device)
-        real = _features(target_files, extractor, channels, batch_size, device)
-    finally:
-        extractor.train(was_training)
-    if fake.shape[1] != real.shape[1]:
-        raise Img2ImgError(f"the feature extractor gave {fake.shape[1]} and {real.shape[1]} features")
-    given = _GivenFeatures(real.shape[1])
+    def images(files: list[Path]) -> Iterator[torch.Tensor]:
+        from img2img.data import read_image, to_tensor
 
-    out: dict[str, float] = {}
+        for path in files:
+            image = to_tensor(read_image(path, channels))
+            yield dist.clean_resize(dist.as_rgb(image[None])[0], size) if resize_protocol == "clean" else image
+
+    fake = dist.features(dist.batched(images(pred_files), batch_size), extractor, device)
+    real = dist.features(dist.batched(images(target_files), batch_size), extractor, device)
     if "fid" in metrics:
-        fid = FrechetInceptionDistance(feature=given)
-        fid.update(real, real=True)
-        fid.update(fake, real=False)
-        out["fid"] = max(float(fid.compute()), 0.0)  # round-off can leave a tiny negative for equal sets
-    if "kid" in metrics:
-        import warnings
-
-        with warnings.catch_warnings():  # torchmetrics warns that KID keeps features in memory: it is how KID works
-            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-            # one subset is all there is when it takes every image
-            subsets = 1 if subset == len(pred_files) == len(target_files) else _KID_SUBSETS
-            kid = KernelInceptionDistance(feature=given, subsets=subsets, subset_size=subset)
-        kid.update(real, real=True)
-        kid.update(fake, real=False)
-        with torch.random.fork_rng(devices=[]):  # reproducible subsets, caller's RNG untouched
-            torch.manual_seed(_KID_SEED)
-            mean, std = kid.compute()
-        out["kid"] = float(mean)
-        out["kid_std"] = float(std)
-        out["kid_subset_size"] = subset
+        note = dist.fid_warning(len(real), len(fake), real.shape[1])
+        if note:
+            warnings.append(note)
+    out: dict[str, Any] = dist.scores(real, fake, metrics, kid_subset_size=kid_subset_size)
+    out.update(features=int(real.shape[1]), resize_protocol=resize_protocol)
     return out
-
-
-@torch.no_grad()
-def _features(files: list[Path], extractor: nn.Module, channels: int, batch_size: int, device: str) -> torch.Tensor:
-    """Features in float64 (torchmetrics' KID keeps the extractor's dtype; float32 loses digits there)."""
-    chunks = []
-    for batch in _batches(files, channels, batch_size):
-        batch = batch.to(device)
-        if batch.shape[1] == 1:
-            batch = batch.expand(-1, 3, -1, -1)
-        feats = extractor(batch)
-        if feats.dim() != 2 or feats.shape[0] != batch.shape[0]:
-            raise Img2ImgError(f"the feature extractor must return [batch, features], got {tuple(feats.shape)}")
-        chunks.append(feats.detach().to("cpu", torch.float64))
-    return torch.cat(chunks)
-
-
-def _batches(files: list[Path], channels: int, batch_size: int) -> Iterator[torch.Tensor]:
-    """Stack consecutive images of one size; a size change starts a new batch."""
-    from img2img.data import read_image
-
-    batch: list[torch.Tensor] = []
-    for path in files:
-        image = _to_tensor(read_image(path, channels))
-        if batch and (len(batch) == batch_size or batch[0].shape != image.shape):
-            yield torch.stack(batch)
-            batch = []
-        batch.append(image)
-    if batch:
-        yield torch.stack(batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,13 +317,13 @@ def render_table(result: dict[str, Any]):
     table = Table(title="Evaluation")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    counts = ("count", "count_target", "kid_subset_size")
+    labels = {"count": "images", "count_target": "target images", "kid_subset_size": "KID subset size",
+              "extractor": "feature extractor", "features": "features per image", "resize_protocol": "resize protocol"}
     for key, value in summary.items():
-        if key not in counts:
+        if key not in labels:
             table.add_row(key, format_value(value))
-    for key in counts:
+    for key, label in labels.items():
         if key in summary:
-            label = {"count": "images", "count_target": "target images", "kid_subset_size": "KID subset size"}[key]
             table.add_row(label, str(summary[key]), style="dim")
     return table
 

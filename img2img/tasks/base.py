@@ -37,6 +37,7 @@ from torch import nn
 
 from img2img.config import GeneratorSpec, PipelineBase
 from img2img.precision import Precision
+from img2img.tasks import validation as val
 
 
 class ImagePool:
@@ -240,7 +241,35 @@ class Task:
         model = getattr(pipeline, "model", None)
         if isinstance(getattr(model, "generator", None), GeneratorSpec):
             problems += cls.validate_size_multiple(pipeline, "model.generator", model.generator)
+        problems += val.check_pipeline(cls, pipeline)
         return problems
+
+    # -- validation during training (img2img/tasks/validation.py, docs/evaluation.md) ------------
+    val_higher_is_better: ClassVar[frozenset[str]] = val.HIGHER_IS_BETTER
+    """The metrics of `val_metrics` where higher is better (best.pt keeps the maximum)."""
+
+    @classmethod
+    def val_metrics(cls, pipeline: PipelineBase) -> tuple[str, ...]:
+        """The metrics `train.val_metric` may name, the default first: paired l1, psnr, ssim, kid, fid;
+        unpaired with b2a cycle_l1, kid, fid; unpaired one-direction kid, fid. Extend it together
+        with `validation_scores` to offer a metric of your own."""
+        return val.default_metrics(cls)
+
+    @classmethod
+    def val_extractor_default(cls, pipeline: PipelineBase, metric: str) -> str:
+        """The feature extractor kid/fid use without `train.val_extractor` (see `val.default_extractor`)."""
+        return val.default_extractor(cls, pipeline, metric)
+
+    @classmethod
+    def validate_setup(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
+        """What stops validation on this machine (an extractor not installed, its weights missing);
+        run by `img2img validate` and before training, never when a checkpoint is opened."""
+        return val.check_setup(cls, pipeline)
+
+    def validation_scores(self, translators: dict[str, nn.Module], val_images: val.ValImages) -> dict[str, float]:
+        """The task's own validation scores (the engine adds kid and fid): `translators` are in eval
+        mode, take any image size, and run under no_grad and the training precision."""
+        return val.default_scores(self, translators, val_images)
 
     @classmethod
     def validate_data(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:

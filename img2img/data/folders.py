@@ -8,6 +8,7 @@ from pathlib import Path
 from img2img.data.images import IMAGE_EXTENSIONS, _extensions_text
 from img2img.errors import Img2ImgError
 
+
 def list_images(folder: Path, yaml_path: str | None = None) -> list[Path]:
     """Every image under ``folder`` (recursive, hidden files skipped), sorted by relative path."""
     folder = Path(folder)

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Sampler
 from img2img.data.images import read_image, read_pair_image, to_tensor
 from img2img.errors import Img2ImgError
 
+
 def _seed(*numbers: int) -> int:
     """A 32-bit seed from a tuple of integers (stable across platforms and runs)."""
     return int(np.random.SeedSequence([int(n) % 2**64 for n in numbers]).generate_state(1)[0])

@@ -10,8 +10,8 @@ import albumentations as A
 import numpy as np
 from albumentations.core.composition import BaseCompose
 
-from img2img.errors import first_line
 from img2img.data.transforms import _MAY_SWAP, _RANDOM_SIZE, Size, _build_stages, _split_stage
+from img2img.errors import first_line
 
 _KEEP = "keep"
 

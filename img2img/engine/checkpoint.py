@@ -21,7 +21,7 @@ import torch
 from img2img import atomic
 from img2img._version import __version__
 from img2img.engine.provenance import check_components, component_origins
-from img2img.engine.translators import read_ema_entry, translator_state
+from img2img.engine.translators import read_ema_entry, translator_state, written_for_generator
 from img2img.errors import Img2ImgError, first_line
 
 FORMAT = 2
@@ -252,8 +252,12 @@ def load_translator(path: Path, direction: str = "a2b", *, use_ema: bool = True)
     if direction not in task_cls.directions:
         raise Img2ImgError(f"the {pipeline.task} model in {where} translates "
                            f"{' and '.join(task_cls.directions)} only, not {direction}")
-    task = task_cls.for_inference(pipeline, device="cpu")
-    module = task.build_translator(direction)
+    if written_for_generator(task_cls):  # an img2img 0.1 task: its generator comes from the built task
+        task = task_cls(pipeline, device="cpu")
+        module = task.generator(direction)
+    else:
+        task = task_cls.for_inference(pipeline, device="cpu")
+        module = task.build_translator(direction)
     ema = ckpt.get("ema")
     entry = ema.get(direction) if isinstance(ema, dict) else None
     used_ema = bool(use_ema and isinstance(entry, dict) and entry)

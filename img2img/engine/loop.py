@@ -25,7 +25,13 @@ from img2img.engine.provenance import component_origins
 from img2img.engine.run import RunFolder
 from img2img.engine.signals import EXIT_SIGINT, EXIT_SIGTERM, StopRequest, TrainingStopped
 from img2img.engine.state import TrainingState
-from img2img.engine.translators import TranslatorEMA, plain_state, translator_sources
+from img2img.engine.translators import (
+    TranslatorEMA,
+    fresh_translator,
+    plain_state,
+    translator_sources,
+    written_for_generator,
+)
 from img2img.errors import Img2ImgError
 from img2img.precision import Precision
 from img2img.registry import get_registry
@@ -125,11 +131,12 @@ class Trainer(TrainingState):
         evaluating never runs a distributed wrapper and never changes the training modules' mode)."""
         if self.ema is not None:
             return dict(self.ema.modules)
+        if written_for_generator(type(self.task)):  # img2img 0.1 tasks: their plain generator itself
+            return {d: self.task.generator(d) for d in self.task.directions}
         if self._eval_translators is None:
             self._eval_translators = {}
             for d in self.task.directions:
-                with self.task.plain_nets():
-                    module = self.task.build_translator(d).to(self.device)
+                module = fresh_translator(self.task, d)
                 module.load_state_dict(plain_state(self.task.translator(d)), assign=True)
                 self._eval_translators[d] = module
         return self._eval_translators

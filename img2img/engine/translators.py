@@ -7,10 +7,26 @@ several. A checkpoint records, for every tensor of each translator, the net and 
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from img2img.tasks.base import unwrap
+from img2img.tasks.base import Task, unwrap
+
+
+def written_for_generator(task_cls: type) -> bool:
+    """A task written against img2img 0.1: it overrides `generator()` but not `build_translator()`, so a
+    translator can only be had from the built task (the default `build_translator` may not match it)."""
+    return task_cls.generator is not Task.generator and task_cls.build_translator is Task.build_translator
+
+
+def fresh_translator(task, direction: str) -> nn.Module:
+    """A separate plain module for `direction` with the tensor names of ``translator(direction)``."""
+    if written_for_generator(type(task)):
+        return copy.deepcopy(unwrap(task.translator(direction)))
+    with task.plain_nets():
+        return task.build_translator(direction).to(task.device)
 
 
 def plain_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -78,8 +94,7 @@ class TranslatorEMA:
         self.updates = 0
         self._pairs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for direction in task.directions:
-            with task.plain_nets():
-                module = task.build_translator(direction).to(task.device)
+            module = fresh_translator(task, direction)
             live = plain_state(task.translator(direction))
             own = module.state_dict(keep_vars=True)
             if set(own) != set(live):

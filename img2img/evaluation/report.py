@@ -18,8 +18,16 @@ from typing import Any, Callable
 from img2img._version import __version__
 from img2img.errors import Img2ImgError
 from img2img.evaluation.plots import PALETTE, Series, ema, fmt, smoothing_weight
-from img2img.evaluation.run_data import (Run, dig, inline, size_text, load_run, read_metrics, split_series,
-                                         timing_summary)
+from img2img.evaluation.run_data import (
+    Run,
+    dig,
+    inline,
+    load_run,
+    read_metrics,
+    size_text,
+    split_series,
+    timing_summary,
+)
 
 __all__ = ["PALETTE", "MAX_SAMPLES", "SECTIONS", "Run", "Section", "Series", "ema", "load_run", "read_metrics",
            "render_html", "smoothing_weight", "split_series", "timing_summary", "write_report"]

@@ -8,11 +8,11 @@ Installed, it is found through the entry-point group ``img2img`` like any third-
 from img2img import hookimpl
 
 from img2img_cut.patchnce import PatchNCELoss, ProjectionHeads, patchnce, sample_patch_ids
-from img2img_cut.task import CUT, CUTPipeline, RESNET_NCE_LAYERS
+from img2img_cut.task import ANTIALIAS_NCE_LAYERS, CUT, CUTPipeline, RESNET_NCE_LAYERS
 
 __version__ = "0.1.0"
 
-__all__ = ["CUT", "CUTPipeline", "PatchNCELoss", "ProjectionHeads", "RESNET_NCE_LAYERS", "patchnce",
+__all__ = ["ANTIALIAS_NCE_LAYERS", "CUT", "CUTPipeline", "PatchNCELoss", "ProjectionHeads", "RESNET_NCE_LAYERS", "patchnce",
            "sample_patch_ids", "__version__"]
 
 

@@ -167,8 +167,11 @@ class UnetGenerator(nn.Module):
         return self.model(x)
 
 
-def randomise(net: nn.Module, seed: int) -> nn.Module:
-    """Weights and batch-norm statistics far from their initial values, so every layer matters."""
+def randomise(net: nn.Module, seed: int, gain: float = 1.5) -> nn.Module:
+    """Weights and batch-norm statistics far from their initial values, so every layer matters.
+
+    Convolution weights have variance `gain` / fan-in: 1.5 makes every layer count, well below 1
+    gives the smoother function of a trained generator."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in net.state_dict().items():
@@ -182,17 +185,17 @@ def randomise(net: nn.Module, seed: int) -> nn.Module:
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
             else:
                 fan_in = tensor[0].numel()
-                tensor.copy_(torch.randn(tensor.shape, generator=gen) * (1.5 / fan_in) ** 0.5)
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * (gain / fan_in) ** 0.5)
     return net
 
 
-def stale_instance_norm_buffers(net: nn.Module, state: dict) -> dict:
+def stale_instance_norm_buffers(net: nn.Module, state: dict, prefix: str = "") -> dict:
     """What PyTorch 0.4 wrote for affine-free instance norm: running_mean, running_var, num_batches_tracked."""
     out = dict(state)
     for name, module in net.named_modules():
         if isinstance(module, nn.InstanceNorm2d):
             c = module.num_features
-            out[f"{name}.running_mean"] = torch.zeros(c)
-            out[f"{name}.running_var"] = torch.ones(c)
-            out[f"{name}.num_batches_tracked"] = torch.tensor(0)
+            out[f"{prefix}{name}.running_mean"] = torch.zeros(c)
+            out[f"{prefix}{name}.running_var"] = torch.ones(c)
+            out[f"{prefix}{name}.num_batches_tracked"] = torch.tensor(0)
     return out

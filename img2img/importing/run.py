@@ -26,7 +26,7 @@ from img2img.importing.statedict import read_state_file
 ORIGINS = {"reference": "junyanz/pytorch-CycleGAN-and-pix2pix", "cut": "taesungp/contrastive-unpaired-translation"}
 TASKS = ("cyclegan", "pix2pix")
 NET_KEYS = {("cyclegan", "a2b"): "g_ab", ("cyclegan", "b2a"): "g_ba", ("pix2pix", "a2b"): "g", ("cut", "a2b"): "g_ab"}
-NO_DATA = "(none: imported from {files}; this run has no training data)"
+NO_DATA = "(no training data: imported from {files})"
 
 
 @dataclass

@@ -72,7 +72,7 @@ def read_state_file(path: Path) -> StateFile:
         raise _refused(path, exc) from None
     except Exception as exc:  # the zip and pickle readers fail in many ways on a file of another kind
         detail = first_line(exc).split(". ")[0] if isinstance(exc, (RuntimeError, OSError, ValueError, EOFError)) \
-            else type(exc).__name__
+            else "not a file torch.save wrote"
         raise Img2ImgError(f"{path} is not a PyTorch checkpoint that torch.load can read ({detail}); give the "
                            "generator's latest_net_G*.pth file") from None
     tensors, nested = _tensors_of(obj, path)

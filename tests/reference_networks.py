@@ -111,8 +111,18 @@ class ResnetGenerator(nn.Module):
         model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*model)
 
-    def forward(self, x):
-        return self.model(x)
+    def forward(self, x, layers=(), encode_only=False):
+        """CUT's forward: with `layers` and `encode_only`, the outputs of those layers of `model` (PatchNCE)."""
+        if not layers:
+            return self.model(x)
+        feats = []
+        for layer_id, layer in enumerate(self.model):
+            x = layer(x)
+            if layer_id in layers:
+                feats.append(x)
+            if layer_id == layers[-1] and encode_only:
+                return feats
+        return x, feats
 
 
 class UnetSkipConnectionBlock(nn.Module):

@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "img2img.default_plugins.losses",
     "img2img.tasks.cyclegan",
     "img2img.tasks.pix2pix",
+    "img2img.default_plugins.pipelines",
 )
 
 

@@ -3,8 +3,10 @@
 Installed, it is found through the entry-point group ``img2img`` like any third-party plugin::
 
     pip install img2img-cut
-    img2img train pipelines/demo-cut.yaml
+    img2img train demo-cut                 # its pipelines ship with it: demo-cut, horse2zebra-cut
 """
+from pathlib import Path
+
 from img2img import hookimpl
 
 from img2img_cut.patchnce import PatchNCELoss, ProjectionHeads, patchnce, sample_patch_ids
@@ -24,3 +26,10 @@ def register_tasks(register):
 @hookimpl
 def register_losses(register):
     register("patchnce", patchnce)
+
+
+@hookimpl
+def register_pipelines(register):
+    folder = Path(__file__).resolve().parent / "pipelines"
+    register("horse2zebra-cut", folder / "horse2zebra-cut.yaml")
+    register("demo-cut", folder / "demo-cut.yaml")

@@ -69,19 +69,19 @@ class Catalogue:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (plugin, message)
 
 
-_cache: dict[tuple, Catalogue] = {}
+_cache: dict[tuple, tuple[Any, Catalogue]] = {}
 
 
 def catalogue() -> Catalogue:
-    """The built-in pipelines of the plugins registered now (rebuilt when the plugin set changes)."""
+    """The built-in pipelines of the plugins registered now (rebuilt when the plugin set or manager changes)."""
     from img2img import plugins
 
     pm = plugins.get_plugin_manager()
-    key = tuple((name, id(p)) for name, p in pm.list_name_plugin())
+    key = (id(pm), *((name, id(p)) for name, p in pm.list_name_plugin()))
     if key not in _cache:
         _cache.clear()
-        _cache[key] = _collect(pm)
-    return _cache[key]
+        _cache[key] = (pm, _collect(pm))  # the manager is kept so that its id is not reused while cached
+    return _cache[key][1]
 
 
 def _collect(pm) -> Catalogue:
@@ -92,13 +92,16 @@ def _collect(pm) -> Catalogue:
         info.errors[:] = [e for e in info.errors if not e.startswith(PROBLEM)]
     for impl in pm.hook.register_pipelines.get_hookimpls():  # registration order: built-ins first
         info = plugins.info_for(impl.plugin_name)
-        builtin = bool(info and info.builtin)
-        dist, version = (info.distribution, info.version) if info else (None, None)
+        if info is None:  # registered directly (a test, an application), not through an entry point
+            info = plugins.PluginInfo(name=impl.plugin_name, module=getattr(impl.plugin, "__name__", impl.plugin_name),
+                                      hooks=plugins._hook_names(impl.plugin))
+            plugins._infos[impl.plugin_name] = info
+        builtin = info.builtin
+        dist, version = info.distribution, info.version
 
         def problem(message: str, _info=info, _name=impl.plugin_name) -> None:
             found.problems.append((_name, message))
-            if _info is not None:
-                _info.errors.append(f"{PROBLEM} {message}")
+            _info.errors.append(f"{PROBLEM} {message}")
             if plugins.strict():
                 raise Img2ImgError(f"plugin '{_name}': {message}")
 

@@ -134,3 +134,39 @@ def test_every_layer_of_each_layout_has_its_own_key():
     cut = set(ResnetGenerator(3, 3, 4, "instance", True, 6, antialias=True).state_dict())
     assert {f"{layer.prefix}.{'filt' if layer.kind.startswith('blur') else 'weight'}"
             for layer in resnet_layers(6, True, True) if layer.kind != "norm"} <= cut
+
+
+def test_one_generator_of_a_pair_translates_its_own_direction(tmp_path):
+    net = randomise(ResnetGenerator(3, 3, 4, "instance", False, 6), seed=5)
+    torch.save(net.state_dict(), tmp_path / "latest_net_G_B.pth")
+    result = runner.invoke(app, ["import", "reference", str(tmp_path / "latest_net_G_B.pth"), "--out",
+                                 str(tmp_path / "run")])
+    assert result.exit_code == 0 and "--direction b2a" in result.output
+    (tmp_path / "in").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (24, 20), (90, 40, 200)).save(tmp_path / "in" / "x.png")
+    result = runner.invoke(app, ["translate", str(tmp_path / "in"), "--model", str(tmp_path / "run"), "--out",
+                                 str(tmp_path / "out")])
+    assert result.exit_code == 1 and "holds the b2a generator only, not a2b; use --direction b2a" in " ".join(
+        result.output.split())
+    result = runner.invoke(app, ["translate", str(tmp_path / "in"), "--model", str(tmp_path / "run"), "--out",
+                                 str(tmp_path / "out"), "--direction", "b2a"])
+    assert result.exit_code == 0 and (tmp_path / "out" / "x.png").is_file()
+
+
+def test_nested_half_precision_state_dicts_import(tmp_path):
+    """Some tools save {"state_dict": ..., "epoch": n} and float16 weights; both read as the plain state dict."""
+    from img2img.engine.checkpoint import load_generator
+
+    net = randomise(UnetGenerator(3, 3, 5, 4, "batch", False), seed=6).eval()
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 7}, tmp_path / "g.pth")
+    result = runner.invoke(app, ["import", "reference", str(tmp_path / "g.pth"), "--out", str(tmp_path / "run"),
+                                 "--no-dropout"])
+    assert result.exit_code == 0, result.output
+    loaded = load_generator(tmp_path / "run", "a2b")
+    assert loaded.pipeline.model.generator.params["num_downs"] == 5 and loaded.pipeline.task == "pix2pix"
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), net.half().float()(x), atol=1e-5, rtol=0)

@@ -352,6 +352,10 @@ def load_generator(path: Path, direction: str = "a2b", *, use_ema: bool = True) 
     if used_ema:
         state = {k[len("module."):]: v for k, v in ema_state.items() if k.startswith("module.")}
     else:
+        held = sorted(ckpt["generators"])
+        if direction not in ckpt["generators"] and held:  # e.g. one imported generator of a CycleGAN pair
+            raise Img2ImgError(f"{where} holds the {' and '.join(held)} generator only, not {direction}; "
+                               f"use --direction {held[0]}")
         state = ckpt["nets"].get(ckpt["generators"].get(direction))
         if not isinstance(state, dict):
             raise Img2ImgError(f"{where} is damaged: it holds no weights for the {direction} generator")

@@ -185,7 +185,7 @@ def randomise(net: nn.Module, seed: int, gain: float = 1.5) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in net.state_dict().items():
-            if name.endswith("filt") or name.endswith("num_batches_tracked"):
+            if name.endswith(("filt", "num_batches_tracked")):
                 continue
             if name.endswith("running_var"):
                 tensor.copy_(torch.rand(tensor.shape, generator=gen) * 1.5 + 0.25)

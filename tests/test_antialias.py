@@ -6,14 +6,14 @@ import io
 
 import pytest
 import torch
+from reference_networks import ResnetGenerator as CutResnetGenerator
+from reference_networks import randomise
 from rich.console import Console
 from torch import nn
 
 from img2img.default_plugins.resnet import BlurDownsample, BlurUpsample, ResnetGenerator, binomial_filter
 from img2img.inference.export import export_generator
 from img2img.registry import build
-from reference_networks import ResnetGenerator as CutResnetGenerator
-from reference_networks import randomise
 
 CUT_LAYER_TYPES = ["ReflectionPad2d", "Conv2d", "InstanceNorm2d", "ReLU", "Conv2d", "InstanceNorm2d", "ReLU",
                    "Downsample", "Conv2d", "InstanceNorm2d", "ReLU", "Downsample"]

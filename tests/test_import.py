@@ -16,17 +16,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
-from typer.testing import CliRunner
-
-from img2img.cli import app
-from img2img.engine.checkpoint import load_checkpoint
 from reference_networks import (
     ResnetGenerator,
     UnetGenerator,
     randomise,
     stale_instance_norm_buffers,
 )
+from torch import nn
+from typer.testing import CliRunner
+
+from img2img.cli import app
+from img2img.engine.checkpoint import load_checkpoint
 
 runner = CliRunner()
 

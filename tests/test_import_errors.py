@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_networks import ResnetGenerator, UnetGenerator, randomise
 from typer.testing import CliRunner
 
 from img2img.cli import app
 from img2img.importing.layouts import resnet_layers, unet_layers
-from reference_networks import ResnetGenerator, UnetGenerator, randomise
 
 runner = CliRunner()
 

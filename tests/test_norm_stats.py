@@ -3,17 +3,18 @@ batch), on translate and export, against the reference U-Net itself; eval mode s
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 import onnx
 import pytest
 import torch
 from PIL import Image
+from reference_networks import ResnetGenerator, UnetGenerator, randomise
+from test_import import onnx_output, photo, read_png, reference_output
 from torch import nn
 from typer.testing import CliRunner
 
 from img2img.cli import app
-from reference_networks import ResnetGenerator, UnetGenerator, randomise
-from test_import import onnx_output, photo, read_png, reference_output
 
 runner = CliRunner()
 

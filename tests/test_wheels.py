@@ -95,8 +95,8 @@ def test_the_installed_wheel_is_what_runs(venv):
     bin_dir, purelib = venv
     empty = bin_dir.parent.parent / "where"
     empty.mkdir(exist_ok=True)
-    out = _run([str(bin_dir / "python"), "-c", "import img2img, img2img_cut; print(img2img.__file__); "
-                                                "print(img2img_cut.__file__)"], cwd=empty)
+    out = _run([str(bin_dir / "python"), "-c", ("import img2img, img2img_cut; print(img2img.__file__); "
+                                                "print(img2img_cut.__file__)")], cwd=empty)
     files = out.split()
     assert all(Path(f).is_relative_to(purelib) for f in files), files
     assert not any(str(ROOT) in f for f in files)

@@ -88,7 +88,7 @@ def unet_layers(num_downs: int) -> list[RefLayer]:
     return out
 
 
-def layers_for(arch: str, detected: "Detected", *, dropout: bool) -> list[RefLayer]:
+def layers_for(arch: str, detected: Detected, *, dropout: bool) -> list[RefLayer]:
     if arch.startswith("resnet"):
         return resnet_layers(int(arch.split("_")[1].removesuffix("blocks")), dropout, detected.antialias)
     num_downs = {"unet_256": 8, "unet_128": 7}.get(arch, detected.num_downs or 8)

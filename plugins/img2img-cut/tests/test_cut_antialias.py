@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from img2img_cut import ANTIALIAS_NCE_LAYERS, RESNET_NCE_LAYERS
 from rich.console import Console
 
 from img2img.config import load_pipeline
 from img2img.engine.checkpoint import load_generator
 from img2img.engine.train import train
-from img2img_cut import ANTIALIAS_NCE_LAYERS, RESNET_NCE_LAYERS
 
 AA = "model.generator={name: resnet_6blocks, ngf: 8, antialias: true}"
 

@@ -92,5 +92,18 @@ def register_feature_extractors(register):
 
 
 @hookspec
+def register_pipelines(register):
+    """Register built-in pipelines: ``register("name", path)``.
+
+    ``path`` is a pipeline YAML file shipped inside the plugin's package (declare it as package data),
+    e.g. ``Path(__file__).parent / "pipelines" / "horse2zebra-cut.yaml"``. ``img2img train NAME``
+    finds it by name (a file that exists always wins), ``img2img pipelines`` lists it and
+    ``img2img pipelines init NAME OUT.yaml`` copies it. Relative data paths in a built-in pipeline
+    resolve against the user's current folder, not the package's. A built-in name cannot be
+    shadowed; two plugins registering the same name are both reported and neither is chosen.
+    """
+
+
+@hookspec
 def register_commands(app):
     """Add commands to the ``img2img`` command line: ``app`` is the ``typer.Typer`` application."""

@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "img2img.default_plugins.extractors",
     "img2img.tasks.cyclegan",
     "img2img.tasks.pix2pix",
+    "img2img.default_plugins.pipelines",
 )
 
 

@@ -163,6 +163,26 @@ def test_hook_register_commands(plugin_manager):
     assert result.exit_code == 0 and "hello from a plugin" in result.output
 
 
+def test_hook_register_pipelines(plugin_manager, tmp_path):
+    from img2img.config import load_pipeline
+    from img2img.config.builtin import builtin_pipelines
+
+    path = tmp_path / "shipped" / "mine.yaml"
+    path.parent.mkdir()
+    path.write_text("task: cyclegan\nname: mine\ndata: {a: folder/A, b: folder/B}\n")
+
+    class Plugin:
+        @img2img.hookimpl
+        def register_pipelines(self, register):
+            register("mine", path)
+
+    plugin_manager.register(Plugin(), name="pipelines-plugin")
+    entry = builtin_pipelines()["mine"]
+    assert entry.path == path.resolve() and entry.plugin == "pipelines-plugin" and entry.task == "cyclegan"
+    assert load_pipeline("mine").data.a == Path.cwd() / "folder" / "A"  # a built-in's data is the user's
+    assert "mine" in runner.invoke(app, ["pipelines"]).output
+
+
 def test_builtin_names_cannot_be_shadowed(plugin_manager):
     class Plugin:
         @img2img.hookimpl

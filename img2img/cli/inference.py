@@ -19,6 +19,13 @@ class Precision(str, Enum):
     bf16 = "bf16"
     fp16 = "fp16"
 
+class NormStats(str, Enum):
+    running = "running"
+    batch = "batch"
+
+NORM_STATS_HELP = ("Batch-norm statistics: running (eval mode, the default) or batch (each image's own, as the "
+                   "reference's test.py without --eval; dropout stays off). See docs/import.md.")
+
 class ImageFormat(str, Enum):
     png = "png"
     jpg = "jpg"
@@ -54,6 +61,7 @@ def translate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input could not be translated."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the trained generator, not its EMA."),
+    norm_stats: Optional[NormStats] = typer.Option(None, "--norm-stats", help=NORM_STATS_HELP),
 ) -> None:
     """Translate images or folders; every output has exactly its input's size."""
     from img2img.inference.translator import translate_inputs
@@ -63,6 +71,7 @@ def translate(
         precision=precision, tile=tile, overlap=overlap, max_pixels=max_pixels, tile_norm=tile_norm,
         fmt=fmt.value if fmt else None, resize=resize, keep_depth=keep_depth, overwrite=overwrite,
         use_ema=not no_ema, channels_last=channels_last, console=console,
+        norm_stats=norm_stats.value if norm_stats else None,
     )
     if report.failed and strict:
         raise typer.Exit(1)
@@ -82,11 +91,12 @@ def export(
     fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx or safetensors."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Export the trained generator, not its EMA."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the onnxruntime parity check."),
+    norm_stats: NormStats = typer.Option(NormStats.running, "--norm-stats", help=NORM_STATS_HELP),
 ) -> None:
     """Export a generator to ONNX (checked against torch) or safetensors."""
     from img2img.inference.export import export as run_export
 
     run_export(model, out, direction=direction.value, opset=opset, half=half, fmt=fmt.value,
-               use_ema=not no_ema, check=not no_check, console=console)
+               use_ema=not no_ema, check=not no_check, console=console, norm_stats=norm_stats.value)
 
 

@@ -18,8 +18,10 @@ def plugins(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List installed plugins: distribution, version, hooks, components and any load error."""
+    from img2img.config.builtin import catalogue
     from img2img.registry import plugin_listing
 
+    catalogue()  # records problems with the plugins' built-in pipelines on their entries
     infos = [i for i in plugin_listing() if all_ or not i.builtin]
     if as_json:
         print(json.dumps([i.as_dict() for i in infos], indent=2))

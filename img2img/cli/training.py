@@ -15,7 +15,8 @@ from img2img.cli.base import SetOption, app, console, report_user_errors
 @app.command()
 @report_user_errors
 def train(
-    pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML file (optional with --resume)."),
+    pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML file or built-in pipeline name (see "
+                                                         "`img2img pipelines`; optional with --resume)."),
     set_: Optional[List[str]] = SetOption,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<name>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run folder or a checkpoint file."),
@@ -51,7 +52,7 @@ def _exec_torchrun(nproc: int) -> None:
 @app.command()
 @report_user_errors
 def validate(
-    pipeline: Path = typer.Argument(..., help="Pipeline YAML file."),
+    pipeline: Path = typer.Argument(..., help="Pipeline YAML file or built-in pipeline name."),
     set_: Optional[List[str]] = SetOption,
     show: bool = typer.Option(False, "--show", help="Print the resolved pipeline (every default filled in)."),
 ) -> None:

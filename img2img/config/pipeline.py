@@ -1,7 +1,8 @@
 """`load_pipeline` and `validate_pipeline`: one YAML file, validated in one pass against the registry.
 
 Every problem is reported at once with its dotted YAML path (and line), unknown keys and names
-come with a "did you mean". Relative paths in a pipeline resolve against the YAML file's folder.
+come with a "did you mean". Relative paths in a pipeline resolve against the YAML file's folder
+(against the current folder for a built-in pipeline, which `load_pipeline` also takes by name).
 """
 from __future__ import annotations
 
@@ -19,14 +20,20 @@ from img2img.errors import PipelineError
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineBase:
-    """Read, override, validate and resolve a pipeline file. Raises `PipelineError`."""
-    path = Path(path)
+    """Read, override, validate and resolve a pipeline file or a built-in pipeline's name.
+
+    Relative data paths resolve against the file's folder, or the current folder for a built-in
+    pipeline (see `img2img.config.builtin`). Raises `PipelineError` (`Img2ImgError` for an unknown name).
+    """
+    from img2img.config.builtin import resolve_pipeline
+
+    path, base_dir = resolve_pipeline(path)
     raw, text = read_yaml(path)
     if raw is None:
         raw = {}
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides)
-    return validate_pipeline(raw, source=str(path), base_dir=path.resolve().parent, text=text)
+    return validate_pipeline(raw, source=str(path), base_dir=base_dir, text=text)
 
 
 def validate_pipeline(raw: Any, *, source: str | None = None, base_dir: Path | None = None,

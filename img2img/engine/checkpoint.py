@@ -252,6 +252,10 @@ def load_translator(path: Path, direction: str = "a2b", *, use_ema: bool = True)
     if direction not in task_cls.directions:
         raise Img2ImgError(f"the {pipeline.task} model in {where} translates "
                            f"{' and '.join(task_cls.directions)} only, not {direction}")
+    held = sorted(ckpt["translators"] if ckpt.get("format", 1) >= 2 else ckpt["generators"])
+    if direction not in held and held:  # e.g. one imported generator of a CycleGAN pair
+        raise Img2ImgError(f"{where} holds the {' and '.join(held)} translator only, not {direction}; "
+                           f"use --direction {held[0]}")
     if written_for_generator(task_cls):  # an img2img 0.1 task: its generator comes from the built task
         task = task_cls(pipeline, device="cpu")
         module = task.generator(direction)

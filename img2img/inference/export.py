@@ -25,6 +25,7 @@ from img2img import atomic
 from img2img._version import __version__
 from img2img.engine.checkpoint import LoadedGenerator, load_generator
 from img2img.errors import Img2ImgError, first_line
+from img2img.inference.normstats import apply_norm_stats, check_norm_stats
 from img2img.inference.tiling import SizeAdapter
 
 __all__ = ["export", "export_generator", "load_safetensors_generator", "onnx_metadata", "PARITY_FP16",
@@ -59,8 +60,13 @@ def _load(model: Path, direction: str, use_ema: bool) -> LoadedGenerator:
 
 
 def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, half: bool = False,
-           fmt: str = "onnx", use_ema: bool = True, check: bool = True, console: Console | None = None) -> Path:
-    """Export the `direction` generator of a run/checkpoint to `out` (ONNX or safetensors); returns `out`."""
+           fmt: str = "onnx", use_ema: bool = True, check: bool = True, console: Console | None = None,
+           norm_stats: str = "running") -> Path:
+    """Export the `direction` generator of a run/checkpoint to `out` (ONNX or safetensors); returns `out`.
+
+    `norm_stats` ``"batch"`` writes a graph whose batch-norm layers use each image's own statistics (the
+    reference's test.py); the parity check compares it with the torch model in that same mode.
+    """
     console = console or Console()
     out = Path(out)
     if fmt not in ("onnx", "safetensors"):
@@ -71,11 +77,18 @@ def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, h
         raise Img2ImgError(f"--out {out} ends in .safetensors; add --format safetensors or name it .onnx")
     if fmt == "safetensors" and out.suffix.lower() == ".onnx":
         raise Img2ImgError(f"--out {out} ends in .onnx but --format is safetensors; name it .safetensors")
+    check_norm_stats(norm_stats)
+    if fmt == "safetensors" and norm_stats != "running":
+        raise Img2ImgError("--norm-stats batch applies to ONNX export; a safetensors file holds the weights only "
+                           "(translate it with --norm-stats batch)")
     loaded = _load(Path(model), direction, use_ema)
     if fmt == "safetensors":
         return _export_safetensors(loaded, out, half=half, console=console)
+    for note in apply_norm_stats(loaded, norm_stats):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    metadata = {**_run_metadata(loaded), "norm_stats": norm_stats}
     return export_generator(loaded.module, out, in_channels=loaded.in_channels, out_channels=loaded.out_channels,
-                            size_multiple=loaded.size_multiple, metadata=_run_metadata(loaded), opset=opset,
+                            size_multiple=loaded.size_multiple, metadata=metadata, opset=opset,
                             half=half, check=check, console=console)
 
 

@@ -24,6 +24,7 @@ from img2img.engine.checkpoint import load_generator
 from img2img.errors import Img2ImgError
 from img2img.inference.backends import OnnxBackend, TorchBackend, physical_cores
 from img2img.inference.files import TranslateReport, plan_outputs, run_plan
+from img2img.inference.normstats import apply_norm_stats, check_onnx_norm_stats
 from img2img.inference.tiling import check_tiling, tile_plan, translate_tiled
 
 __all__ = ["TranslateReport", "Translator", "physical_cores", "select_device", "translate_inputs"]
@@ -70,22 +71,32 @@ class Translator:
     @classmethod
     def from_run(cls, path: str | os.PathLike, direction: str = "a2b", *, device: str = "auto",
                  precision: str = "fp32", use_ema: bool = True, channels_last: bool = False,
-                 **options: Any) -> Translator:
-        """From a run folder, a checkpoint (.pt) or an exported .safetensors generator."""
+                 norm_stats: str | None = None, **options: Any) -> Translator:
+        """From a run folder, a checkpoint (.pt) or an exported .safetensors generator.
+
+        `norm_stats` ``"batch"`` normalises batch-norm layers with each image's own statistics, as the
+        reference's test.py does (see `img2img.inference.normstats`); the default is eval mode.
+        """
         path = Path(path)
         if path.suffix.lower() == ".onnx":
-            return cls.from_onnx(path, device=device, precision=precision, channels_last=channels_last, **options)
+            return cls.from_onnx(path, device=device, precision=precision, channels_last=channels_last,
+                                 norm_stats=norm_stats, **options)
         if path.suffix.lower() == ".safetensors":
             from img2img.inference.export import load_safetensors_generator
 
             loaded = load_safetensors_generator(path)
+            notes = apply_norm_stats(loaded, norm_stats)
             backend = TorchBackend.from_loaded(loaded, device, precision, channels_last)
             if direction != loaded.direction:
                 backend.notes.append(f"{path.name} translates {loaded.direction}; --direction {direction} "
                                      "does not apply to an exported file")
         else:
-            backend = TorchBackend.from_loaded(load_generator(path, direction, use_ema=use_ema), device, precision,
-                                                channels_last)
+            loaded = load_generator(path, direction, use_ema=use_ema)
+            notes = apply_norm_stats(loaded, norm_stats)
+            backend = TorchBackend.from_loaded(loaded, device, precision, channels_last)
+        backend.notes += notes
+        if norm_stats == "batch":
+            backend.label += ", batch-norm on image statistics"
         return cls(backend, **options)
 
     @classmethod
@@ -101,9 +112,15 @@ class Translator:
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
-                  direction: str | None = None, channels_last: bool = False, **options: Any) -> Translator:
-        """From a file written by `img2img export` (or any NCHW [-1, 1] image-to-image ONNX graph)."""
-        return cls(OnnxBackend(Path(path), device, precision, direction, channels_last), **options)
+                  direction: str | None = None, channels_last: bool = False, norm_stats: str | None = None,
+                  **options: Any) -> Translator:
+        """From a file written by `img2img export` (or any NCHW [-1, 1] image-to-image ONNX graph).
+
+        The normalisation statistics are fixed at export; a `norm_stats` other than the file's is an error.
+        """
+        backend = OnnxBackend(Path(path), device, precision, direction, channels_last)
+        check_onnx_norm_stats(backend.metadata, norm_stats, Path(path))
+        return cls(backend, **options)
 
     @classmethod
     def load(cls, model: str | os.PathLike, direction: str = "a2b", *, device: str = "auto",
@@ -243,7 +260,7 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
                      overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "global",
                      fmt: str | None = None, resize: int | None = None, keep_depth: bool = False,
                      overwrite: bool = False, use_ema: bool = True, channels_last: bool = False,
-                     console: Console | None = None) -> TranslateReport:
+                     console: Console | None = None, norm_stats: str | None = None) -> TranslateReport:
     """Translate image files and folders (recursively) into `out`, mirroring relative paths.
 
     Each output has its input's size (or, with `resize`, the resized size), the input's format
@@ -251,6 +268,7 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
     `overwrite`; unreadable files are listed in the report, never raised. `overlap` defaults to 32
     with `tile` and 64 when `max_pixels` tiles an image automatically. `channels_last` runs a torch
     model in NHWC memory layout (usually faster on CUDA tensor cores; slower on this project's CPUs).
+    `norm_stats` ``"batch"`` reproduces the reference's test.py (batch norm on each image's statistics).
     """
     console = console or Console()
     check_tiling(tile, overlap, max_pixels, tile_norm)
@@ -261,5 +279,5 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
     plan = plan_outputs([Path(p) for p in inputs], Path(out), fmt, overwrite)  # folder problems before the model loads
     translator = Translator.load(model, direction, device=device, precision=precision, use_ema=use_ema,
                                  channels_last=channels_last, batch_size=batch_size, tile=tile, overlap=overlap, max_pixels=max_pixels,
-                                 tile_norm=tile_norm)
+                                 tile_norm=tile_norm, norm_stats=norm_stats)
     return run_plan(translator, plan, Path(out), resize=resize, keep_depth=keep_depth, console=console)

@@ -3,16 +3,18 @@
 Installed, it is found through the entry-point group ``img2img`` like any third-party plugin::
 
     pip install img2img-cut
-    img2img train pipelines/demo-cut.yaml
+    img2img train demo-cut                 # its pipelines ship with it: demo-cut, horse2zebra-cut
 """
+from pathlib import Path
+
 from img2img import hookimpl
 
 from img2img_cut.patchnce import PatchNCELoss, ProjectionHeads, patchnce, sample_patch_ids
-from img2img_cut.task import CUT, CUTPipeline, RESNET_NCE_LAYERS
+from img2img_cut.task import ANTIALIAS_NCE_LAYERS, CUT, CUTPipeline, RESNET_NCE_LAYERS
 
 __version__ = "0.1.0"
 
-__all__ = ["CUT", "CUTPipeline", "PatchNCELoss", "ProjectionHeads", "RESNET_NCE_LAYERS", "patchnce",
+__all__ = ["ANTIALIAS_NCE_LAYERS", "CUT", "CUTPipeline", "PatchNCELoss", "ProjectionHeads", "RESNET_NCE_LAYERS", "patchnce",
            "sample_patch_ids", "__version__"]
 
 
@@ -24,3 +26,10 @@ def register_tasks(register):
 @hookimpl
 def register_losses(register):
     register("patchnce", patchnce)
+
+
+@hookimpl
+def register_pipelines(register):
+    folder = Path(__file__).resolve().parent / "pipelines"
+    register("horse2zebra-cut", folder / "horse2zebra-cut.yaml")
+    register("demo-cut", folder / "demo-cut.yaml")

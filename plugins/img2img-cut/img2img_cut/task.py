@@ -25,6 +25,10 @@ RESNET_NCE_LAYERS = [0, 4, 7, 10, 14]
 the padded input, the first and second stride-2 convolutions, the first and fifth residual blocks.
 The reference counts 4 layers per downsampling (its anti-aliased blur adds one), we count 3."""
 
+ANTIALIAS_NCE_LAYERS = [0, 4, 8, 12, 16]
+"""The same layers in a ResNet generator with ``antialias: true``, whose layers are CUT's own: the
+padded input, the first and second (stride-1) downsampling convolutions, residual blocks 1 and 5."""
+
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cut": {"nce_weight": 1.0, "identity": True, "flip_equivariance": False, "epochs": 100, "decay_epochs": 100},
     "fastcut": {"nce_weight": 10.0, "identity": False, "flip_equivariance": True, "epochs": 150,
@@ -61,7 +65,11 @@ class NCEConfig(StrictModel):
 
 
 class CUTPipeline(PipelineBase):
-    """`mode` picks the paper's recipe; any field set explicitly wins over the mode's default."""
+    """`mode` picks the paper's recipe; any field set explicitly wins over the mode's default.
+
+    ``nce.layers`` defaults to the paper's five layers in the generator's indices: `RESNET_NCE_LAYERS`,
+    or `ANTIALIAS_NCE_LAYERS` for a ResNet generator with ``antialias: true``.
+    """
 
     task: Literal["cut"] = "cut"
     mode: Literal["cut", "fastcut"] = "cut"
@@ -94,6 +102,10 @@ class CUTPipeline(PipelineBase):
         if (nce_config := section("nce")) is not None:
             for key in ("identity", "flip_equivariance"):
                 nce_config.setdefault(key, defaults[key])
+            model = data.get("model")
+            generator = model.get("generator") if isinstance(model, dict) else None
+            if isinstance(generator, dict) and generator.get("antialias") is True:
+                nce_config.setdefault("layers", list(ANTIALIAS_NCE_LAYERS))  # CUT's own layer indices
         if (train := section("train")) is not None:
             train.setdefault("epochs", defaults["epochs"])
             train.setdefault("decay_epochs", defaults["decay_epochs"])

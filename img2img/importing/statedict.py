@@ -1,0 +1,115 @@
+"""Reading another project's generator checkpoint: a plain ``state_dict`` of tensors, safely.
+
+``torch.load(weights_only=True)`` only: a file that carries pickled Python objects is refused and
+nothing in it runs. The reference repositories save ``net.state_dict()`` (an ``OrderedDict`` of
+tensors); a model wrapped in ``DataParallel`` adds ``module.`` to every key, which is removed here.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from img2img.errors import Img2ImgError, first_line
+
+MODULE_PREFIX = "module."
+# where a state dict sits inside a dict that carries more than tensors (e.g. {"state_dict": ..., "epoch": 3})
+NESTED_KEYS = ("state_dict", "model_state_dict", "model", "netG", "generator", "G")
+
+
+@dataclass
+class StateFile:
+    """One checkpoint file's tensors (keys without the ``module.`` prefix) and where they came from."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    sha256: str
+    size: int
+    prefix_stripped: str = ""
+    nested_key: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def record(self) -> dict:
+        """What the imported run keeps about this file."""
+        return {"path": str(self.path.resolve()), "name": self.name, "sha256": self.sha256, "bytes": self.size,
+                "keys": len(self.tensors), "module_prefix_removed": bool(self.prefix_stripped),
+                **({"nested_under": self.nested_key} if self.nested_key else {})}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_file(path: Path) -> StateFile:
+    """Load `path` as a state dict of tensors, or raise `Img2ImgError` naming the file and what it holds."""
+    path = Path(path)
+    if not path.exists():
+        raise Img2ImgError(f"no such checkpoint file: {path}")
+    if path.is_dir():
+        raise Img2ImgError(f"{path} is a folder; give the generator's .pth file (e.g. {path / 'latest_net_G.pth'})")
+    try:
+        size = path.stat().st_size
+        digest = sha256_of(path)
+    except OSError as exc:
+        raise Img2ImgError(f"cannot read {path} ({exc.strerror or exc})") from None
+    if size == 0:
+        raise Img2ImgError(f"{path} is empty (0 bytes), not a checkpoint; it may have been cut off while copying")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _refused(path, exc) from None
+    except Exception as exc:  # the zip and pickle readers fail in many ways on a file of another kind
+        detail = first_line(exc).split(". ")[0] if isinstance(exc, (RuntimeError, OSError, ValueError, EOFError)) \
+            else "not a file torch.save wrote"
+        raise Img2ImgError(f"{path} is not a PyTorch checkpoint that torch.load can read ({detail}); give the "
+                           "generator's latest_net_G*.pth file") from None
+    tensors, nested = _tensors_of(obj, path)
+    state = StateFile(path=path, tensors=tensors, sha256=digest, size=size, nested_key=nested)
+    keys = list(tensors)
+    if keys and all(k.startswith(MODULE_PREFIX) for k in keys):  # saved from a DataParallel wrapper
+        state.tensors = {k[len(MODULE_PREFIX):]: v for k, v in tensors.items()}
+        state.prefix_stripped = MODULE_PREFIX
+        state.notes.append("removed the 'module.' prefix of a DataParallel model")
+    return state
+
+
+def _tensors_of(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    if isinstance(obj, dict) and "pipeline" in obj and "nets" in obj:
+        raise Img2ImgError(f"{path} is already an img2img checkpoint; use it as it is: "
+                           f"`img2img translate IMAGES --model {path} --out OUT`")
+    if not isinstance(obj, dict):
+        raise Img2ImgError(f"{path} is not a generator checkpoint: it holds a {type(obj).__name__}, not a "
+                           "state dict (the mapping of layer names to tensors that torch.save(net.state_dict()) writes)")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {str(k): v for k, v in obj.items()}, ""
+    for key in NESTED_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return {str(k): v for k, v in inner.items()}, key
+    if not obj:
+        raise Img2ImgError(f"{path} holds an empty mapping, not a generator's weights")
+    others = [f"{k} ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, torch.Tensor)][:3]
+    raise Img2ImgError(f"{path} is not a generator checkpoint: besides tensors it holds {', '.join(others)}; "
+                       "give the file that torch.save(net.state_dict()) wrote for the generator (latest_net_G*.pth)")
+
+
+def _refused(path: Path, exc: pickle.UnpicklingError) -> Img2ImgError:
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f"a pickled Python object ({found.group(1)})" if found else "pickled data that is not plain tensors"
+    return Img2ImgError(
+        f"refused to load {path}: it carries {what}. Building it would need a full unpickle, which can run "
+        "arbitrary code, so img2img never does that and nothing in the file was run. A generator checkpoint "
+        "holds only tensors (torch.save(net.state_dict())); if you trust the file's origin, load it yourself and "
+        "save net.state_dict() from it.")

@@ -148,7 +148,7 @@ def test_one_generator_of_a_pair_translates_its_own_direction(tmp_path):
     Image.new("RGB", (24, 20), (90, 40, 200)).save(tmp_path / "in" / "x.png")
     result = runner.invoke(app, ["translate", str(tmp_path / "in"), "--model", str(tmp_path / "run"), "--out",
                                  str(tmp_path / "out")])
-    assert result.exit_code == 1 and "holds the b2a generator only, not a2b; use --direction b2a" in " ".join(
+    assert result.exit_code == 1 and "holds the b2a translator only, not a2b; use --direction b2a" in " ".join(
         result.output.split())
     result = runner.invoke(app, ["translate", str(tmp_path / "in"), "--model", str(tmp_path / "run"), "--out",
                                  str(tmp_path / "out"), "--direction", "b2a"])

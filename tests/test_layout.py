@@ -88,7 +88,8 @@ def test_every_imported_distribution_is_declared():
                 for dep in project["dependencies"]}
     provided_by = {"yaml": "pyyaml", "PIL": "pillow", "cv2": "opencv-python-headless", "onnx_ir": "onnx-ir",
                    "albumentations": "albumentations", "starlette": "starlette", "uvicorn": "uvicorn",
-                   "multipart": "python-multipart", "python_multipart": "python-multipart"}
+                   "multipart": "python-multipart", "python_multipart": "python-multipart", "jinja2": "jinja2",
+                   "markupsafe": "markupsafe"}
     stdlib = set(sys.stdlib_module_names)
     missing = set()
     for name, path in modules().items():

@@ -77,7 +77,7 @@ def catalogue() -> Catalogue:
     from img2img import plugins
 
     pm = plugins.get_plugin_manager()
-    key = (id(pm), *((name, id(p)) for name, p in pm.list_name_plugin()))
+    key = (id(pm), plugins.generation(), *((name, id(p)) for name, p in pm.list_name_plugin()))
     if key not in _cache:
         _cache.clear()
         _cache[key] = (pm, _collect(pm))  # the manager is kept so that its id is not reused while cached
@@ -88,14 +88,10 @@ def _collect(pm) -> Catalogue:
     from img2img import plugins
 
     found = Catalogue()
-    for info in plugins._infos.values():
+    for info in plugins.plugin_infos():
         info.errors[:] = [e for e in info.errors if not e.startswith(PROBLEM)]
     for impl in pm.hook.register_pipelines.get_hookimpls():  # registration order: built-ins first
-        info = plugins.info_for(impl.plugin_name)
-        if info is None:  # registered directly (a test, an application), not through an entry point
-            info = plugins.PluginInfo(name=impl.plugin_name, module=getattr(impl.plugin, "__name__", impl.plugin_name),
-                                      hooks=plugins._hook_names(impl.plugin))
-            plugins._infos[impl.plugin_name] = info
+        info = plugins.info_for(impl.plugin_name, impl.plugin)
         builtin = info.builtin
         dist, version = info.distribution, info.version
 

@@ -6,6 +6,7 @@ terms (see `img2img.tasks.base` for the contract). Read `Trainer.fit` top to bot
 """
 from __future__ import annotations
 
+import re
 import signal
 import time
 import warnings
@@ -280,7 +281,7 @@ class Trainer(TrainingState):
 
     def _step_schedulers(self) -> None:
         with warnings.catch_warnings():  # resumed at an epoch's end: no optimiser step yet in this process
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             for scheduler in self.task.schedulers.values():
                 scheduler.step()
 

@@ -4,7 +4,6 @@ mid-write (a partial last line of ``metrics.jsonl``).
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -14,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from img2img.engine.run import read_metrics
 from img2img.evaluation.plots import Series
 
 _NOT_PLOTTED = {"step", "epoch", "val_best"}
@@ -76,25 +76,6 @@ def load_run(run_dir: Path) -> Run:
         val_seconds=groups["time"].get("val_seconds", Series()),
         best=best_checkpoint(rows, pipeline, vals),
     )
-
-
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Rows of ``metrics.jsonl`` and how many lines were unreadable (a crash can cut the last one)."""
-    rows: list[dict[str, Any]] = []
-    skipped = 0
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            skipped += 1
-            continue
-        if not isinstance(row, dict) or not _is_number(row.get("step")):
-            skipped += 1
-            continue
-        rows.append(row)
-    return rows, skipped
 
 
 def split_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, Series]]:

@@ -75,10 +75,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+def atomic_write(path: Path, mode: str = "wb", encoding: str | None = None,
+                 newline: str | None = None) -> Iterator[IO]:
     """An open file whose content replaces `path` only when the block ends without an exception."""
     with atomic_path(path) as tmp:
-        with open(tmp, mode, encoding=encoding) as fh:
+        with open(tmp, mode, encoding=encoding, newline=newline) as fh:
             yield fh
             fh.flush()
 

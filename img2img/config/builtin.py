@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from img2img import atomic
 from img2img.errors import Img2ImgError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -219,7 +220,6 @@ def init_pipeline(name: str, out: Path, *, data: str | Path | None = None, overw
     """
     import os
     import posixpath
-    import tempfile
 
     entry = find_builtin(name)
     out = Path(out)
@@ -257,14 +257,5 @@ def init_pipeline(name: str, out: Path, *, data: str | Path | None = None, overw
     if sorted({v for _, v in copied}) != sorted({changes.get(v, v) for v in values}):
         raise Img2ImgError(f"could not rewrite the data paths of '{name}' ({entry.path}); copy it with "
                            f"`img2img pipelines show {name} > {out}` and edit them by hand")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(out, text)
     return changes

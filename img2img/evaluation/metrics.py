@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from img2img import atomic
 from img2img.errors import Img2ImgError
 
 PAIRED = ("psnr", "ssim", "mae")
@@ -338,7 +339,7 @@ def write_csv(result: dict[str, Any], path: Path) -> Path:
     for key in [*(k for row in per_image for k in row), *summary]:
         if key not in columns:
             columns.append(key)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with atomic.atomic_write(path, "w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in per_image:

@@ -9,12 +9,12 @@ is a `Section` made by one function in `SECTIONS`: a new panel is one more funct
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from img2img import atomic
 from img2img._version import __version__
 from img2img.errors import Img2ImgError
 from img2img.evaluation.plots import PALETTE, Series, ema, fmt, smoothing_weight
@@ -47,13 +47,7 @@ def write_report(run_dir: Path, out: Path) -> Path:
             f"{metrics_path} is missing: {run_dir} is not a run folder, or its training has not logged a step yet"
         )
     page = render_html(load_run(run_dir))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(out, page)
     return out
 
 

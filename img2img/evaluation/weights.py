@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from img2img import atomic
 from img2img.errors import Img2ImgError
 
 CHUNK = 1 << 20
@@ -103,18 +104,13 @@ def download(weights: WeightsFile, *, url: str | None = None, to: Path | None = 
         target = target / weights.file
     if target.is_file() and not force and weights.matches(sha256_of(target)):
         return target, False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
+    with atomic.atomic_path(target) as tmp:  # kept only when it arrived whole and its checksum fits
         digest, received = _fetch(url, tmp, weights, console)
         if not weights.matches(digest):
             raise Img2ImgError(
                 f"{url} sent a file whose sha256 is {digest}, but {weights.name} needs one starting with "
                 f"{weights.sha256}; it was not saved ({target} is unchanged). Check --url: it must serve "
                 f"{weights.file} itself.")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target, True
 
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from img2img.testing import write_images  # noqa: F401  (tests import it from here too)
+
 # Tests run in parallel workers on a small machine: one thread each, also in the processes they start
 # (two OpenMP threads per process on two busy cores spin-wait each other into 10x slowdowns).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -55,21 +57,6 @@ def fake_distribution(tmp_path, monkeypatch):
         sys.modules.pop(module, None)
     monkeypatch.undo()
     plugins.reset()
-
-
-def write_images(folder: Path, count: int, size: int = 32, *, seed: int = 0, colour: tuple = (200, 80, 40),
-                 mode: str = "RGB", suffix: str = ".png", prefix: str = "img") -> list[Path]:
-    """Small random-ish images with a tint, so two folders look like two domains."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        noise = rng.integers(0, 60, (size, size, 3))
-        arr = np.clip(np.array(colour)[None, None, :] + noise - 30, 0, 255).astype(np.uint8)
-        path = folder / f"{prefix}{i:03d}{suffix}"
-        Image.fromarray(arr).convert(mode).save(path)
-        paths.append(path)
-    return paths
 
 
 TINY_CYCLEGAN = """\

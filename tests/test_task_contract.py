@@ -17,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from img2img.testing import write_images
+from test_distributed import REPLICA_SCRIPT
 
 SOURCE = (Path(__file__).parent / "plugin_sources" / "contract_tasks.py").read_text()
 runner = CliRunner()
@@ -163,32 +164,12 @@ def test_a_reference_kept_from_before_wrapping_is_refused(contract, tmp_path):
     assert "Traceback" not in result.output
 
 
-REPLICAS = '''
-import sys
-from pathlib import Path
-import torch
-from img2img.config import load_pipeline
-from img2img.engine.train import RunFolder, Trainer, prepare_run_folder, setup_distributed
-from img2img.engine.translators import plain_state
-
-pipeline = load_pipeline(sys.argv[1], sys.argv[3:])
-dist, device = setup_distributed("cpu", 60)
-run = RunFolder(Path(sys.argv[2]))
-if dist.main:
-    prepare_run_folder(run.root, resume=False, overwrite=True)
-dist.barrier()
-trainer = Trainer(pipeline, run, dist=dist, device=device)
-trainer.fit()
-torch.save({k: {n: t.detach().clone() for n, t in plain_state(v).items()} for k, v in trainer.task.nets.items()},
-           f"{sys.argv[2]}-rank{dist.rank}.pt")
-torch.distributed.destroy_process_group()
-'''
 
 
 def test_kept_references_train_bit_identical_replicas_and_nan_skips_are_agreed(contract, tmp_path):
     path = pipeline(tmp_path, "keeper", on_nan="skip", max_steps=3)
     script = tmp_path / "replicas.py"
-    script.write_text(REPLICAS)
+    script.write_text(REPLICA_SCRIPT)
     run = tmp_path / "run"
     e = env(contract)
     e.update(PAINTER_NAN_RANK="1", PAINTER_NAN_STEP="2")  # rank 1 alone meets a NaN at its 2nd step

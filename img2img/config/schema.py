@@ -10,6 +10,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from img2img.config.health import HealthMode, HealthThresholds
+
 Direction = Literal["a2b", "b2a"]
 
 
@@ -100,6 +102,9 @@ class TrainConfig(StrictModel):
     val_every: int | None = Field(None, ge=1)
     val_metric: Literal["l1", "psnr", "ssim", "cycle_l1"] | None = None
     samples: int = Field(4, ge=1, le=16)
+    # training health (img2img/engine/health.py, docs/health.md)
+    health: HealthMode = "warn"
+    health_thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
 
 
 class PipelineBase(StrictModel):

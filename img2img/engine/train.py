@@ -26,6 +26,7 @@ from img2img._version import __version__
 from img2img.config import PipelineBase, apply_overrides, dump_pipeline, validate_pipeline
 from img2img.devices import select_device
 from img2img.engine import checkpoint as ckpt_io
+from img2img.engine.health import HealthMonitor
 from img2img.errors import Img2ImgError
 from img2img.registry import get_registry
 from img2img.tasks.base import Precision, Task, unwrap
@@ -220,6 +221,8 @@ class Trainer:
         self.best: dict | None = None
         self.bad_step = torch.tensor(-1, device=self.device)
         self.validator = None
+        self.health = HealthMonitor(self.task, self.pipeline, run_dir=self.run.root, console=self.console,
+                                    main=self.dist.main)  # training health (engine/health.py)
         if self.resume_from is not None:
             self._restore(self.resume_from)
         self._distribute()
@@ -286,6 +289,7 @@ class Trainer:
             "window": {"sums": {k: v.cpu() for k, v in self.window.items()}, "count": self.window_count,
                        "seconds": self.window_time},
             "best": self.best,
+            "health": self.health.state_dict(),
         }
 
     def _net_key(self, direction: str) -> str:
@@ -314,6 +318,7 @@ class Trainer:
         self.window_count = window.get("count", 0)
         self.window_time = window.get("seconds", 0.0)
         self.best = ckpt.get("best")
+        self.health.load_state_dict(ckpt.get("health"))
         ckpt_io.set_rng_state(ckpt["rng"])
         if self.dist.enabled:  # every rank draws its own dropout noise
             torch.manual_seed(self.pipeline.seed + self.dist.rank + 7919 * self.step)
@@ -431,6 +436,7 @@ class Trainer:
         if self.dist.main:
             self._write_run_files()
             self._truncate_metrics()
+            self.health.start(self.step)
         base_lrs = {k: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for k, o in self.task.optimizers.items()}
         for k, o in self.task.optimizers.items():
             for g, lr in zip(o.param_groups, base_lrs[k]):
@@ -459,12 +465,15 @@ class Trainer:
                         if train.on_nan == "stop":
                             self._check_finite()
                         row = self._flush_window()
+                        row.update(self.health.observe(row, self.fixed_batch))
                         self._write_row(row)
                         progress.log(row)
                         if self.tb is not None:
                             for k, v in row.items():
                                 if k not in ("step", "epoch"):
                                     self.tb.add_scalar(k, v, self.step)
+                        if self._agreed_signal(1 if self.health.stopping else None):  # train.health: stop
+                            self._stop_unhealthy()
                     progress.advance(self.step)
                     if self.validator is not None and self.validator.due(self.step, total):
                         row = self.validator.run()
@@ -522,6 +531,14 @@ class Trainer:
         name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
         raise TrainingStopped(code, f"{name}: stopped after step {self.step}; checkpoint {self.run.last}. "
                                     f"Continue with: img2img train --resume {self.run.root}")
+
+    def _stop_unhealthy(self) -> None:
+        """``train.health: stop``: samples and a complete checkpoint of this step, then exit 1 with the finding."""
+        self.write_samples()
+        if self.saved_step != self.step:
+            self.save_checkpoint(periodic=False)
+        self.dist.barrier()
+        raise self.health.stop_error(self.run.last, self.run.root, self.step)
 
     def _truncate_metrics(self) -> None:
         """On resume, drop rows logged after the checkpoint so every step is logged once."""
@@ -613,7 +630,8 @@ class _Progress:
         if not self.enabled:
             return
         terms = {k: v for k, v in row.items() if k not in ("step", "epoch", "lr", "lr_d", "seconds_per_step",
-                                                             "images_per_s", "skipped_steps")}
+                                                             "images_per_s", "skipped_steps")
+                 and not k.startswith("health/")}  # training health has its own lines
         text = " ".join(f"{k} {v:.3f}" for k, v in terms.items())
         rate = f"{1.0 / max(row['seconds_per_step'], 1e-9):.2f} it/s"
         if self.progress is not None:

@@ -22,6 +22,8 @@ import yaml
 
 from img2img._version import __version__
 from img2img.errors import Img2ImgError
+from img2img.evaluation.health import PREFIX as HEALTH_PREFIX
+from img2img.evaluation.health import health_panel
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 MAX_SAMPLES = 48  # more would make the page heavy; evenly spaced ones are kept, first and last included
@@ -136,7 +138,7 @@ def split_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, Series]]:
                 by_key.setdefault(key, {})[step] = float(value)
     groups: dict[str, dict[str, Series]] = {"loss": {}, "lr": {}, "val": {}, "time": {}, "counter": {}}
     for key in by_key:
-        if key in _NOT_PLOTTED:
+        if key in _NOT_PLOTTED or key.startswith(HEALTH_PREFIX):  # training health has its own panel
             continue
         if key.endswith(("_per_step", "_per_s")):
             group = "time"
@@ -409,6 +411,7 @@ def render_html(run: Run) -> str:
         _section_losses(run),
         _section_lr(run),
         _section_val(run),
+        health_panel(run.path, run.rows)[1],
         _section_timing(run),
         _section_samples(run),
         _section_checkpoints(run),

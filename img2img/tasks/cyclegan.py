@@ -38,6 +38,8 @@ class CycleGAN(Task):
     name = "cyclegan"
     Pipeline = CycleGANPipeline
     data_kind = "unpaired"
+    discriminators = {"a2b": "d_b", "b2a": "d_a"}  # training health
+    adversarial_terms = {"a2b": ("g_ab", "d_b"), "b2a": ("g_ba", "d_a")}
 
     @classmethod
     def validate(cls, pipeline: CycleGANPipeline) -> list[tuple[str, str]]:

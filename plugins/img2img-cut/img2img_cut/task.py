@@ -108,6 +108,8 @@ class CUT(Task):
     Pipeline = CUTPipeline
     data_kind = "unpaired"
     directions = ("a2b",)
+    discriminators = {"a2b": "d_b"}  # training health
+    adversarial_terms = {"a2b": ("g_ab", "d_b")}
 
     @classmethod
     def validate(cls, pipeline: CUTPipeline) -> list[tuple[str, str]]:

@@ -175,10 +175,14 @@ def test_trend_and_swing_tell_a_slow_oscillation_from_noise_and_drift():
     trend, swing = trend_and_swing(drift)
     assert trend == pytest.approx(-0.29 / statistics_median([v for _, v in drift]), rel=0.05) and swing < 1e-9
     wave = [(s, 0.25 + 0.15 * math.sin(2 * math.pi * s / 100)) for s in range(10, 310, 10)]
-    assert trend_and_swing(wave)[1] > 1.0
+    assert trend_and_swing(wave)[1] > 2 * HealthThresholds().swing
+    # one change of level, or one spike, is not a swing: it has to go up and down twice
+    step_change = [(s, 0.02 if s < 150 else 0.3) for s in range(10, 310, 10)]
+    spike = [(s, 0.6 if 140 <= s <= 170 else 0.25) for s in range(10, 310, 10)]
+    assert trend_and_swing(step_change)[1] == 0 and trend_and_swing(spike)[1] == 0
     # a loss that settled near zero is judged against its early level, not against zero
     settled = [(s, 0.002 + rng.gauss(0, 0.001)) for s in range(10, 310, 10)]
-    assert trend_and_swing(settled)[1] > 0.5 and trend_and_swing(settled, level=0.25)[1] < 0.1
+    assert trend_and_swing(settled)[1] > HealthThresholds().swing > 10 * trend_and_swing(settled, level=0.25)[1]
 
 
 def statistics_median(values: list[float]) -> float:
@@ -193,7 +197,7 @@ def statistics_median(values: list[float]) -> float:
 
 NAMES = {"a2b": Names("a2b", "g_ab", "d_b", "g_ab", "d_b")}
 SETTINGS = {"task": "cyclegan", "lr": 2e-4, "lr_d": 2e-4, "adversarial": "lsgan", "d_norm": "instance",
-            "pool_size": 50, "content_terms": ["cycle", "identity"]}
+            "pool_size": 50, "content_weights": {"cycle": 10.0, "identity": 5.0}}
 
 
 def made_up_rows(steps: int, *, diversity=lambda s: 0.8, separation=lambda s: 0.7, d=lambda s: 0.25,
@@ -240,11 +244,11 @@ def test_a_winning_discriminator_is_reported_only_while_the_generator_stops_impr
 
 
 def test_a_discriminator_loss_that_oscillates_is_unstable_and_one_change_of_level_is_not():
-    t = HealthThresholds(warmup=100, patience=150, trend_window=300)
+    t = HealthThresholds(warmup=100, patience=150)
     wave = lambda s: 0.25 + 0.15 * math.sin(2 * math.pi * s / 150)  # noqa: E731
     found, _ = diagnose(made_up_rows(1200, d=wave), t)
     assert [(f.kind, f.finding) for f in found] == [("warning", "unstable")]
-    assert found[0].step - found[0].since >= t.patience + t.trend_window
+    assert found[0].step - found[0].since >= t.patience and "again and again" in found[0].message
     step_change = lambda s: 0.02 if s < 500 else 0.3  # noqa: E731  once, as when a generator breaks through
     assert diagnose(made_up_rows(1200, d=step_change), t)[0] == []
     rng = random.Random(1)
@@ -382,3 +386,228 @@ def test_health_settings_are_validated_like_every_key(tiny_cyclegan):
     assert "train.health_thresholds.d_separation" in text
     p = load_pipeline(tiny_cyclegan, ["train.health=stop", "train.health_thresholds.patience=50"])
     assert p.train.health == "stop" and p.train.health_thresholds.patience == 50
+
+
+# ---------------------------------------------------------------------------------------------
+# runs made to fail on purpose (default thresholds)
+
+FAILING = ["data.transforms=[{RandomCrop: {height: 32, width: 32}}]", "model.discriminator.ndf=8",
+           "model.discriminator.n_layers=2", "train.sample_every=10000", "train.checkpoint_every=10000"]
+STARVED = FAILING + ["model.generator.ngf=4", "train.lr=1e-7", "train.lr_d=2e-3", "train.max_steps=520"]
+
+
+@pytest.fixture(scope="module")
+def collapsed_run(textures, tmp_path_factory):
+    """wood -> marble with a generator that ignores its input, 500 steps, train.health: warn."""
+    from img2img import plugins
+
+    pm = plugins.get_plugin_manager()
+    plugin = CollapsePlugin()
+    pm.register(plugin, name="health-collapse")
+    try:
+        console, text = quiet()
+        run = tmp_path_factory.mktemp("collapsed") / "run"
+        train(textures, out=run, console=console,
+              overrides=FAILING + ["model.generator={name: ignorer}", "train.max_steps=500"])
+        yield run, text.getvalue()
+    finally:
+        pm.unregister(plugin)
+        plugins._infos.pop("health-collapse", None)
+
+
+@pytest.fixture(scope="module")
+def starved_run(textures, tmp_path_factory):
+    """wood -> marble with the generator's lr at 1e-7 and the discriminator's at 10x the default."""
+    console, text = quiet()
+    run = tmp_path_factory.mktemp("starved") / "run"
+    train(textures, out=run, console=console, overrides=STARVED)
+    return run, text.getvalue()
+
+
+def test_a_generator_that_ignores_its_input_is_flagged_as_mode_collapse(collapsed_run):
+    run, console = collapsed_run
+    warnings = [e for e in events(run) if e["kind"] == "warning" and e["finding"] == "mode_collapse"]
+    assert {w["direction"] for w in warnings} == {"a2b", "b2a"}
+    t = HealthThresholds()
+    for w in warnings:
+        assert t.warmup < w["since"] <= t.warmup + t.every + 10 and w["step"] <= 500
+        assert w["evidence"]["diversity"] < 0.05
+    # printed once per direction, on one line each, not on every log row
+    assert console.count("training health") == len(events(run))
+    assert sum("g_ab's outputs for different inputs are nearly the same" in line for line in console.splitlines()) <= 1
+    rows = metric_rows(run)
+    assert all(r["health/diversity_a2b"] < 0.05 for r in rows if "health/diversity_a2b" in r)
+
+
+def test_a_discriminator_made_to_win_is_flagged_as_vanishing_gradients(starved_run):
+    run, console = starved_run
+    found = [e for e in events(run) if e["kind"] == "warning"]
+    assert {(e["finding"], e["direction"]) for e in found} == {("vanishing_gradients", "a2b"),
+                                                               ("vanishing_gradients", "b2a")}
+    a2b = next(e for e in found if e["direction"] == "a2b")
+    assert a2b["step"] <= 520 and a2b["evidence"]["separation"] > 0.97
+    assert abs(a2b["evidence"]["trend_content"]) < HealthThresholds().progress
+    assert "discriminator d_b separates" in a2b["message"] and "train.lr_d (now 0.002)" in a2b["message"]
+    assert "the generator is starving" in console
+
+
+def test_stop_checkpoints_exits_1_and_resume_continues(textures, starved_run, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "img2img", "train", str(textures), "--out", str(run)]
+    for item in STARVED + ["train.health=stop"]:
+        cmd += ["--set", item]
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    first = next(e for e in events(starved_run[0]) if e["kind"] == "warning")
+    stopped_at = first["step"]
+    assert f"Stopped after step {stopped_at}" in done.stderr and "img2img train --resume" in done.stderr
+    assert "starving" in done.stderr
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == stopped_at and ckpt["health"]["diagnoser"]["episodes"]
+    assert (run / "samples" / f"step-{stopped_at}.png").is_file()
+    # the stopped run logged exactly what the warn-mode run logged up to there
+    timing = ("seconds_per_step", "images_per_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    warn_rows = [r for r in metric_rows(starved_run[0]) if r["step"] <= stopped_at]
+    assert strip(metric_rows(run)) == strip(warn_rows)
+    resumed = subprocess.run([sys.executable, "-m", "img2img", "train", "--resume", str(run),
+                              "--set", f"train.max_steps={stopped_at + 30}"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert metric_rows(run)[-1]["step"] == stopped_at + 30
+
+
+def test_resume_diagnoses_exactly_as_an_uninterrupted_run(textures, collapsed_run, tmp_path, plugin_manager):
+    """Stopped mid-episode (the collapse began, not yet reported) and resumed: the same rows, the same warnings."""
+    plugin_manager.register(CollapsePlugin(), name="health-collapse-resume")
+    common = FAILING + ["model.generator={name: ignorer}", "train.checkpoint_every=300"]
+    console, _ = quiet()
+    train(textures, out=tmp_path / "run", console=console, overrides=common + ["train.max_steps=300"])
+    assert events(tmp_path / "run") == []
+    train(None, resume=tmp_path / "run", console=console, overrides=["train.max_steps=500"])
+    timing = ("seconds_per_step", "images_per_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(metric_rows(tmp_path / "run")) == strip(metric_rows(collapsed_run[0]))
+    assert events(tmp_path / "run") == events(collapsed_run[0]) != []
+
+
+# ---------------------------------------------------------------------------------------------
+# healthy runs stay quiet (default thresholds, long enough for a warning to be possible)
+
+DEMO_SETTINGS = {
+    "demo-cyclegan": ["model.generator.ngf=8", "model.discriminator.ndf=8", T32],
+    "demo-pix2pix": ["model.generator={name: unet, num_downs: 5, ngf: 8}", "model.discriminator.ndf=8",
+                     "data.transforms=[{Resize: {height: 32, width: 32}}, {HorizontalFlip: {p: 0.5}}]"],
+    "demo-cut": ["model.generator.ngf=8", "model.discriminator.ndf=8", T32, "nce.num_patches=64",
+                 "nce.head_units=32"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(DEMO_SETTINGS))
+def test_the_demo_pipelines_at_tiny_settings_raise_no_warning(name, tmp_path):
+    from img2img.registry import get_registry
+
+    source = REPO / "pipelines" / f"{name}.yaml"
+    task = yaml.safe_load(source.read_text())["task"]
+    if not get_registry().has("task", task):
+        pytest.skip(f"the {task} task is not installed (pip install -e plugins/img2img-{task})")
+    (tmp_path / "pipelines").mkdir()
+    pipeline = tmp_path / "pipelines" / source.name
+    pipeline.write_text(source.read_text())  # its data is made beside it, in ../data
+    console, text = quiet()
+    train(pipeline, out=tmp_path / "run", console=console,
+          overrides=DEMO_SETTINGS[name] + ["train.batch_size=2", "train.max_steps=600", "train.log_every=10",
+                                           "data.num_workers=0", "train.sample_every=10000"])
+    assert events(tmp_path / "run") == [], text.getvalue()
+    assert "training health" not in text.getvalue()
+    judged_long_enough(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_healthy_run_on_textures_raises_no_warning(textures, tmp_path):
+    console, text = quiet()
+    train(textures, out=tmp_path / "run", console=console,
+          overrides=["model.generator.ngf=8", "model.discriminator.ndf=8", T32.replace("36", "40"),
+                     "train.max_steps=600", "train.sample_every=10000"])
+    assert events(tmp_path / "run") == [], text.getvalue()
+    judged_long_enough(tmp_path / "run")
+    rows = metric_rows(tmp_path / "run")
+    late = [r for r in rows if r["step"] > HealthThresholds().warmup and "health/diversity_a2b" in r]
+    assert min(r["health/diversity_a2b"] for r in late) > 2 * HealthThresholds().collapse_diversity
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a run: img2img health, the report's panel
+
+
+def test_health_command_shows_signals_and_warnings(collapsed_run, tmp_path):
+    run = collapsed_run[0]
+    env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
+    shown = subprocess.run([sys.executable, "-m", "img2img", "health", str(run), "--plot", str(tmp_path / "h.png")],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "unhealthy" in out and "health/diversity_a2b" in out and "mode_collapse (a2b)" in out
+    assert "g_ab's outputs for different inputs" in out
+    assert Image.open(tmp_path / "h.png").size[0] > 400
+    as_json = subprocess.run([sys.executable, "-m", "img2img", "health", str(run / "checkpoints" / "last.pt"), "--json"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    data = json.loads(as_json.stdout)
+    assert data["status"] == "unhealthy" and data["health"] == "warn" and data["last_step"] == 500
+    names = {s["name"] for s in data["signals"]}
+    assert {"health/diversity_a2b", "health/d_separation_b2a", "health/grad_a2b", "health/swing_d_b"} <= names
+    assert {w["finding"] for w in data["warnings"]} >= {"mode_collapse"}
+    missing = subprocess.run([sys.executable, "-m", "img2img", "health", str(tmp_path / "nowhere")],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_health_of_a_run_without_signals_says_so(tiny_cyclegan, tmp_path):
+    from img2img.evaluation.health import run_health
+
+    train(tiny_cyclegan, out=tmp_path / "off", overrides=["train.health=off", "train.max_steps=2"])
+    assert run_health(tmp_path / "off").status == "off"
+    train(tiny_cyclegan, out=tmp_path / "on", overrides=["train.max_steps=2"])
+    health = run_health(tmp_path / "on")
+    assert health.status == "healthy" and health.warnings == []
+    assert not (tmp_path / "on" / "health.jsonl").exists()  # written when there is something to say
+
+
+def test_report_has_a_health_panel_with_the_warnings(collapsed_run, tmp_path):
+    from img2img.evaluation.health import health_panel
+    from img2img.evaluation.report import write_report
+
+    data, fragment = health_panel(collapsed_run[0])
+    assert data["status"] == "unhealthy" and "<svg" in fragment and "Training health" in fragment
+    page = write_report(collapsed_run[0], tmp_path / "report.html").read_text()
+    assert "Training health" in page and "mode collapse (a2b)" in page
+    assert "g_ab&#39;s outputs for different inputs" in page  # autoescaped
+    # the signals are not drawn among the losses
+    losses = page[page.index("<h2>Losses</h2>"):page.index("Training health")]
+    assert "health/" not in losses
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_stop_under_torchrun_stops_every_rank_after_one_checkpoint(tiny_cyclegan, tmp_path):
+    run = tmp_path / "run"
+    sets = ["train.lr=1e-7", "train.lr_d=2e-3", "train.health=stop", "train.max_steps=300", "train.log_every=5",
+            "train.checkpoint_every=1000", "train.sample_every=1000",
+            "train.health_thresholds={warmup: 20, patience: 30, every: 10, trend_window: 60}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "img2img",
+           "train", str(tiny_cyclegan), "--out", str(run)]
+    for item in sets:
+        cmd += ["--set", item]
+    env = dict(os.environ, OMP_NUM_THREADS="1", IMG2IMG_DIST_TIMEOUT="60", COLUMNS="200")
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stderr[-3000:]
+    warning = next(e for e in events(run) if e["kind"] == "warning")
+    assert warning["finding"] == "vanishing_gradients" and warning["step"] < 300
+    assert f"Stopped after step {warning['step']}" in done.stderr
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == warning["step"]
+    assert metric_rows(run)[-1]["step"] == warning["step"]
+    assert done.stderr.count("training health:") <= 3  # rank 0's warning and each rank's stop line, once

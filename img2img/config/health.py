@@ -38,7 +38,8 @@ class HealthThresholds(BaseModel):
     progress: float = Field(0.02, ge=0)
     """The generator counts as improving while its content losses fall by more than this fraction
     over `trend_window` steps; a winning discriminator is reported only when it is not."""
-    swing: float = Field(0.6, gt=0)
-    """Unstable convergence above this relative swing of an adversarial loss (see docs/health.md)."""
-    trend_window: int = Field(300, ge=10)
+    swing: float = Field(0.3, gt=0)
+    """Unstable convergence: the discriminator's loss goes up and down at least twice by more than this
+    fraction of its level within `trend_window` steps (see docs/health.md)."""
+    trend_window: int = Field(500, ge=10)
     """Steps over which the adversarial losses' trend and swing are measured."""

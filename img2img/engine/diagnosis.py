@@ -6,7 +6,8 @@ run diagnoses exactly as an uninterrupted one. Three findings, each per translat
 - ``mode_collapse``: ``health/diversity_<dir>`` below ``collapse_diversity``;
 - ``vanishing_gradients``: ``health/d_separation_<dir>`` above ``d_separation``: the discriminator
   tells real from translated nearly always, so its verdict no longer guides the generator;
-- ``unstable``: an adversarial loss swings by more than ``swing`` (relative) around its trend.
+- ``unstable``: the discriminator's loss goes up and down, again and again, by more than ``swing``
+  of its level within ``trend_window`` steps.
 
 A condition is judged after ``warmup`` steps, reported once it held on every measurement for
 ``patience`` steps, and cleared (also reported) once it has been absent as long.
@@ -22,6 +23,7 @@ PREFIX = "health/"
 RECORD_FILE = "health.jsonl"  # the findings, one JSON object a line, in the run folder
 EARLY_ROWS = 3  # a loss's level at the start (an undecided discriminator): the first rows, at most
 BLOCK_STEPS = 25  # the swing compares means over blocks of at least this many steps (noise of one step averages out)
+SWING_LEGS = 4  # up, down, up, down: a swing that happened twice, not one change of level or one spike
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class Diagnoser:
             diversity = row.get(f"{PREFIX}diversity_{d}")
             if _finite(diversity):
                 events += self._judge("mode_collapse", d, step, diversity < self.t.collapse_diversity,
-                                      {"diversity": diversity})
+                                      {"diversity": diversity, "separation": row.get(f"{PREFIX}d_separation_{d}")})
             sep = row.get(f"{PREFIX}d_separation_{d}")
             if _finite(sep):
                 progressing = self.progressing(d, row)
@@ -146,14 +148,10 @@ class Diagnoser:
                                       sep > self.t.d_separation and progressing is False, evidence)
             swing = row.get(f"{PREFIX}swing_{n.d_term}") if n.d_term else None
             if _finite(swing):  # the discriminator's loss: its level means something for every adversarial loss
-                events += self._judge("unstable", d, step, swing > self.t.swing, {"term": n.d_term, "swing": swing},
-                                      longer=self.t.trend_window)
+                events += self._judge("unstable", d, step, swing > self.t.swing, {"term": n.d_term, "swing": swing})
         return derived, events
 
-    def _judge(self, finding: str, d: str, step: int, present: bool, evidence: dict[str, Any],
-               longer: int = 0) -> list[Finding]:
-        """Track one condition; `longer` extends the patience (a swing must outlast its window, so
-        that one change of level, which stays in the window for a window's length, is not enough)."""
+    def _judge(self, finding: str, d: str, step: int, present: bool, evidence: dict[str, Any]) -> list[Finding]:
         ep = self.episodes.setdefault(f"{finding}:{d}", _Episode())
         if step <= self.t.warmup:
             return []
@@ -162,7 +160,7 @@ class Diagnoser:
             if ep.since is None:
                 ep.since = step
                 ep.evidence = {k: v for k, v in evidence.items() if v is not None}
-            if not ep.active and step - ep.since >= self.t.patience + longer:
+            if not ep.active and step - ep.since >= self.t.patience:
                 ep.active = True
                 latest = {k: v for k, v in evidence.items() if v is not None}
                 return [Finding("warning", finding, d, step, ep.since, self._message(finding, d, ep, latest), latest)]
@@ -182,17 +180,25 @@ class Diagnoser:
 
     # -- the words ----------------------------------------------------------------------------------
     def _message(self, finding: str, d: str, ep: _Episode, now: dict[str, Any]) -> str:
-        n, s = self.names[d], self.settings
-        since = ep.since
-        lr, lr_d = _num(s.get("lr")), _num(s.get("lr_d"))
+        n, s, since = self.names[d], self.settings, ep.since
+        disc = n.discriminator or "the discriminator"
+        lr_now, lr_d_now = f"train.lr (now {_num(s.get('lr'))})", f"train.lr_d (now {_num(s.get('lr_d'))})"
+        loss = s.get("adversarial")
+        weights = s.get("content_weights") or {}
         if finding == "mode_collapse":
-            content = ", ".join(f"losses.{t}.weight" for t in s.get("content_terms") or []) or "the content loss weight"
+            sep = now.get("separation")
+            why = (f"{disc} still tells them from real images ({sep:.0%} of patches), so they do not even fool it"
+                   if _finite(sep) and sep > 0.9 else f"they pass {disc} whatever the input")
+            tries = [f"a lower {lr_now}"]
+            tries += [f"a higher losses.{k}.weight (now {_num(w)})" for k, w in weights.items() if w]
+            if (s.get("pool_size") or 0) < 50 and s.get("task") == "cyclegan":
+                tries.append(f"train.pool_size: 50 (now {s.get('pool_size')})")
+            if loss not in (None, "lsgan"):
+                tries.append(f"losses.adversarial: lsgan (now {loss})")
             return (f"{n.generator}'s outputs for different inputs are nearly the same since step {since:,}: their "
-                    f"diversity is {now['diversity']:.0%} of the inputs' (threshold {self.t.collapse_diversity:.0%}). "
-                    f"This is mode collapse: the generator found outputs that pass "
-                    f"{n.discriminator or 'the discriminator'} whatever the input. Try a lower train.lr (now {lr}), "
-                    f"a higher {content}, train.pool_size 50 (now {s.get('pool_size')}) or "
-                    f"losses.adversarial: lsgan; resuming from a checkpoint before step {since:,} helps.")
+                    f"diversity is {now['diversity']:.0%} of the inputs' (threshold {self.t.collapse_diversity:.0%}) "
+                    f"and {why}. This is mode collapse: the generator has stopped using its input. Try "
+                    f"{_options(tries)}; or resume from a checkpoint saved before step {since:,} with a change.")
         if finding == "vanishing_gradients":
             grad, peak = now.get("grad"), now.get("grad_peak")
             fell = ""
@@ -202,19 +208,27 @@ class Diagnoser:
             trend = now.get("trend_content")
             stalled = (f"its content losses changed {trend:+.1%} over the last {self.t.trend_window:,} steps"
                        if _finite(trend) else "it no longer improves")
-            loss = s.get("adversarial")
-            other = "losses.adversarial: lsgan" if loss != "lsgan" else "losses.adversarial: hinge"
-            norm = "instance norm in the discriminator (model.discriminator.norm: instance)" \
-                if s.get("d_norm") not in (None, "instance") else "a smaller discriminator (model.discriminator.n_layers)"
-            return (f"discriminator {n.discriminator} separates {now['separation']:.0%} of real and translated "
-                    f"patches since step {since:,} and {n.generator} has stopped improving ({stalled}{fell}): "
-                    f"the generator is starving (vanishing gradients). Try {other}, a lower train.lr_d (now {lr_d}) "
-                    f"or a higher train.lr (now {lr}), or {norm}.")
-        return (f"the adversarial loss {now['term']} swings by {now['swing']:.0%} of its level since step {since:,} "
-                f"(threshold {self.t.swing:.0%}): unstable convergence; samples may be good one moment and broken "
-                f"the next. Try a lower train.lr (now {lr}) and train.lr_d (now {lr_d}), train.ema 0.999 for the "
-                f"translators you keep, or losses.adversarial: lsgan; compare samples/ across steps before picking "
-                f"a checkpoint.")
+            tries = [f"a lower {lr_d_now}", f"a higher {lr_now}"]
+            if loss not in ("lsgan", "vanilla"):
+                tries.insert(0, f"losses.adversarial: lsgan (now {loss})")
+            else:  # one-sided label smoothing (Salimans et al. 2016) keeps D's verdict from saturating
+                tries.append(f"label smoothing (losses.adversarial: {{name: {loss}, real_label: 0.9}})")
+            if s.get("d_norm") not in (None, "instance"):
+                tries.append(f"instance norm in the discriminator (model.discriminator.norm: instance, now "
+                             f"{s.get('d_norm')})")
+            else:
+                tries.append("a smaller discriminator (model.discriminator.n_layers or ndf)")
+            return (f"discriminator {disc} separates {now['separation']:.0%} of real and translated patches since "
+                    f"step {since:,} and {n.generator} has stopped improving ({stalled}{fell}): the generator is "
+                    f"starving (vanishing gradients). Try {_options(tries)}.")
+        tries = [f"a lower {lr_now} and {lr_d_now}", "train.betas: [0.5, 0.999]"]
+        if loss not in (None, "lsgan"):
+            tries.append(f"losses.adversarial: lsgan (now {loss})")
+        return (f"since step {since:,} the discriminator's loss {now['term']} has gone up and down by "
+                f"{now['swing']:.0%} of its level again and again (at least twice in every {self.t.trend_window:,} "
+                f"steps; threshold {self.t.swing:.0%}): unstable convergence; samples may look right "
+                f"one moment and broken the next. Try {_options(tries)}, or train.ema: 0.999 to keep an average of "
+                f"the generator; compare samples/ across steps before choosing a checkpoint.")
 
     # -- checkpoint state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -231,10 +245,11 @@ class Diagnoser:
 
 
 def trend_and_swing(series: list[tuple[int, float]], level: float | None = None) -> tuple[float | None, float | None]:
-    """Over a window of (step, value): the change of a fitted line across the window, and the range
-    of block means (blocks of BLOCK_STEPS or more) around that line. Both are relative to the larger
-    of the window's median magnitude and `level` (the loss's level early in training), so a loss that
-    settles near zero does not make noise look large."""
+    """Over a window of (step, value): the trend, the change of a fitted line across the window, and
+    the swing, the largest amount the loss went up and down by at least twice (`SWING_LEGS` moves of
+    the means over blocks of BLOCK_STEPS or more). Both are relative to the larger of the window's
+    median magnitude and `level` (the loss's level at the start), so a loss that settles near zero
+    does not make noise look large. A loss that drifts, or changes its level once, has no swing."""
     if len(series) < 4:
         return None, None
     steps = [s for s, _ in series]
@@ -249,15 +264,44 @@ def trend_and_swing(series: list[tuple[int, float]], level: float | None = None)
     blocks: list[list[float]] = []
     start = None
     for s, v in series:
-        residual = v - (mean_v + slope * (s - mean_s))
         if start is None or s - start >= BLOCK_STEPS:
             blocks.append([])
             start = s
-        blocks[-1].append(residual)
-    if len(blocks) < 3:
-        return trend, None
+        blocks[-1].append(v)
     means = [statistics.fmean(b) for b in blocks]
-    return trend, (max(means) - min(means)) / scale
+    if len(means) <= SWING_LEGS:
+        return trend, None
+    return trend, recurring_swing(means) / scale
+
+
+def zigzag_moves(values: list[float], size: float) -> int:
+    """How many alternating moves (up, down, up...) of at least `size` the values make."""
+    low = high = values[0]
+    moves, direction, extreme = 0, 0, values[0]
+    for v in values[1:]:
+        if direction == 0:
+            low, high = min(low, v), max(high, v)
+            if v - low >= size:
+                moves, direction, extreme = 1, 1, v
+            elif high - v >= size:
+                moves, direction, extreme = 1, -1, v
+        elif direction > 0:
+            if v > extreme:
+                extreme = v
+            elif extreme - v >= size:
+                moves, direction, extreme = moves + 1, -1, v
+        else:
+            if v < extreme:
+                extreme = v
+            elif v - extreme >= size:
+                moves, direction, extreme = moves + 1, 1, v
+    return moves
+
+
+def recurring_swing(values: list[float]) -> float:
+    """The largest size of moves the values make at least SWING_LEGS times, alternating."""
+    sizes = sorted({abs(a - b) for i, a in enumerate(values) for b in values[i + 1:]}, reverse=True)
+    return next((size for size in sizes if size > 0 and zigzag_moves(values, size) >= SWING_LEGS), 0.0)
 
 
 NOT_LOSSES = {"step", "epoch", "lr", "skipped_steps"}
@@ -270,6 +314,10 @@ def is_loss_term(key: str) -> bool:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _options(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def _num(value: Any) -> str:

@@ -241,18 +241,18 @@ def _step_of(line: str) -> int | None:
 
 
 def _settings(pipeline) -> dict[str, Any]:
-    """The pipeline values the remedies quote (so "lower train.lr_d" can say what it is now)."""
+    """The pipeline values the remedies quote (so "a lower train.lr_d" can say what it is now)."""
     train = pipeline.train
     losses = getattr(pipeline, "losses", None)
-    adversarial = getattr(losses, "adversarial", None)
-    model = getattr(pipeline, "model", None)
-    disc = getattr(model, "discriminator", None)
+    fields = type(losses).model_fields if losses is not None else {}
+    specs = {k: getattr(losses, k) for k in fields}
+    disc = getattr(getattr(pipeline, "model", None), "discriminator", None)
     return {
         "task": pipeline.task,
         "lr": train.lr,
         "lr_d": train.lr_d if train.lr_d is not None else train.lr,
-        "adversarial": getattr(adversarial, "name", None),
-        "d_norm": (disc.params.get("norm") if disc is not None else None),
+        "adversarial": getattr(specs.get("adversarial"), "name", None),
+        "d_norm": disc.params.get("norm") if disc is not None else None,
         "pool_size": train.pool_size,
-        "content_terms": [k for k in type(losses).model_fields if k != "adversarial"] if losses is not None else [],
+        "content_weights": {k: getattr(v, "weight", None) for k, v in specs.items() if k != "adversarial"},
     }

@@ -224,12 +224,13 @@ PANEL_TEMPLATE = """\
 {% elif h.status == "no signals" %}<p class="sub">No training-health signals logged (the run predates them, or has
 not logged a step yet).</p>
 {% else %}
-<p class="sub">{% if h.status == "healthy" %}No warning up to step {{ h.last_step }}.{% else %}{{ h.warnings|length }}
-warning(s){% if h.status == "recovered" %}, all cleared{% endif %}; red lines mark where each fired (shaded from the
-step its condition began), green where it cleared. See docs/health.md.{% endif %}</p>
+<p class="sub">{% if h.status == "healthy" %}No warning up to step {{ h.last_step }}.{% else %}
+{{ h.warnings|length }} warning(s){% if h.status == "recovered" %}, all cleared{% endif %}; red lines mark where each
+fired (shaded from the step its condition began), green where it cleared. See docs/health.md.{% endif %}</p>
 {% if h.warnings %}<table><tr><th>step</th><th>since</th><th>finding</th><th>cleared</th><th>what was seen, what to try</th></tr>
-{% for w in h.warnings %}<tr><td>{{ w.step }}</td><td>{{ w.since }}</td><td>{{ titles.get(w.finding, w.finding) }}
-({{ w.direction }})</td><td>{{ w.cleared_at if w.cleared_at is not none else "no" }}</td><td>{{ w.message }}</td></tr>
+{% for w in h.warnings %}<tr><td>{{ w.step }}</td><td>{{ w.since }}</td>
+<td>{{ titles.get(w.finding, w.finding) }} ({{ w.direction }})</td>
+<td>{{ w.cleared_at if w.cleared_at is not none else "no" }}</td><td>{{ w.message }}</td></tr>
 {% endfor %}</table>{% endif %}
 {% if svg %}<figure>{{ svg }}</figure>{% endif %}
 <table><tr><th>signal</th><th>last</th><th>min</th><th>max</th><th>meaning</th></tr>

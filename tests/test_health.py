@@ -611,3 +611,22 @@ def test_stop_under_torchrun_stops_every_rank_after_one_checkpoint(tiny_cyclegan
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == warning["step"]
     assert metric_rows(run)[-1]["step"] == warning["step"]
     assert done.stderr.count("training health:") <= 3  # rank 0's warning and each rank's stop line, once
+
+
+def test_every_threshold_is_documented_with_its_default():
+    doc = (REPO / "docs" / "health.md").read_text()
+    for name, field in HealthThresholds.model_fields.items():
+        assert f"| `train.health_thresholds.{name}` | {field.default:g} |" in doc, name
+    readme = (REPO / "README.md").read_text()
+    assert "`health` (`warn`, `stop`, `off`) and `health_thresholds`" in readme and "img2img health runs/" in readme
+
+
+def test_the_cost_benchmark_reports_the_throughput_ratio():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "health.py"), "--size", "32", "--ngf", "4",
+                           "--steps", "12", "--rounds", "1", "--log-every", "4", "--every", "4", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["throughput_on_over_off"] > 0 and result["probe_ms"] > 0 and result["modelled_overhead"] >= 0
+    assert len(result["seconds_on"]) == len(result["seconds_off"]) == 1 and result["every"] == 4

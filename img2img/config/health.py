@@ -31,7 +31,7 @@ class HealthThresholds(BaseModel):
     """Steps before anything is judged: early GAN training is noisy by nature."""
     patience: int = Field(200, ge=1)
     """Steps a condition must hold without a break before it is reported."""
-    collapse_diversity: float = Field(0.15, gt=0, lt=1)
+    collapse_diversity: float = Field(0.1, gt=0, lt=1)
     """Mode collapse below this: output diversity over input (or target) diversity."""
     d_separation: float = Field(0.97, gt=0.5, le=1)
     """The discriminator wins above this fraction of (real, translated) patch pairs ranked right."""

@@ -141,9 +141,10 @@ class Diagnoser:
             if _finite(sep):
                 progressing = self.progressing(d, row)
                 grad, peak = row.get(f"{PREFIX}grad_{d}"), self.grad_peak.get(d)
+                content = self.series.get("content") or [(step, 0.0)]
                 evidence = {"separation": sep, "d_gap": row.get(f"{PREFIX}d_gap_{d}"), "grad": grad,
                             "grad_peak": peak[1] if peak else None, "grad_peak_step": peak[0] if peak else None,
-                            "trend_content": row.get(f"{PREFIX}trend_content")}
+                            "trend_content": row.get(f"{PREFIX}trend_content"), "trend_steps": step - content[0][0]}
                 events += self._judge("vanishing_gradients", d, step,
                                       sep > self.t.d_separation and progressing is False, evidence)
             swing = row.get(f"{PREFIX}swing_{n.d_term}") if n.d_term else None
@@ -206,7 +207,7 @@ class Diagnoser:
                 fell = (f"; {n.generator}'s input-layer gradient fell {peak / grad:,.0f}x from its peak "
                         f"({peak:.3g} at step {now['grad_peak_step']:,}, now {grad:.3g})")
             trend = now.get("trend_content")
-            stalled = (f"its content losses changed {trend:+.1%} over the last {self.t.trend_window:,} steps"
+            stalled = (f"its content losses changed {trend:+.1%} over the last {now.get('trend_steps', 0):,} steps"
                        if _finite(trend) else "it no longer improves")
             tries = [f"a lower {lr_d_now}", f"a higher {lr_now}"]
             if loss not in ("lsgan", "vanilla"):

@@ -98,7 +98,8 @@ def describe(name: str, t: HealthThresholds) -> tuple[str, float | None]:
         "d_gap": (f"{rest}: discriminator's mean logit on real minus on translated images", None),
         "grad": (f"{rest}: gradient norm at the translator's first layer", None),
         "trend": (f"{rest}: change over the last {t.trend_window} steps, relative to the loss's level", None),
-        "swing": (f"{rest}: swing around that trend, relative (above {t.swing:g}: unstable)", t.swing),
+        "swing": (f"{rest}: how far the loss went up and down, twice, in that window, relative (a "
+                  f"discriminator's above {t.swing:g}: unstable)", t.swing),
     }.get(kind, ("a signal added by the task", None))
 
 
@@ -178,6 +179,10 @@ def plot(health: RunHealth, out: Path | None = None, *, fmt: str | None = None) 
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax in axes[len(kinds):]:
             ax.set_visible(False)
+        status = {"healthy": "no warning", "recovered": "every warning cleared"}.get(health.status, "")
+        fired = ", ".join(f"{TITLES.get(w['finding'], w['finding'])} ({w['direction']}) at step {w['step']}"
+                          for w in health.warnings)
+        fig.suptitle(f"{health.run.name}: {fired or status or health.status}", fontsize=9, x=0.01, ha="left")
         for ax, kind in zip(axes, kinds):
             series = [s for s in health.signals if s.kind == kind]
             for i, s in enumerate(series):

@@ -630,3 +630,35 @@ def test_the_cost_benchmark_reports_the_throughput_ratio():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["throughput_on_over_off"] > 0 and result["probe_ms"] > 0 and result["modelled_overhead"] >= 0
     assert len(result["seconds_on"]) == len(result["seconds_off"]) == 1 and result["every"] == 4
+
+
+def test_a_task_whose_judge_fails_still_trains_and_says_so_once(tiny_cyclegan, tmp_path, plugin_manager):
+    from typing import Literal
+
+    from img2img.tasks.cyclegan import CycleGAN, CycleGANPipeline
+
+    class BrokenPipeline(CycleGANPipeline):
+        task: Literal["broken-judge"] = "broken-judge"
+
+    class BrokenJudge(CycleGAN):
+        name = "broken-judge"
+        Pipeline = BrokenPipeline
+
+        def judge(self, direction, source, output):
+            raise RuntimeError("expected 6 channels")
+
+    class Plugin:
+        @img2img.hookimpl
+        def register_tasks(self, register):
+            register("broken-judge", BrokenJudge)
+
+    plugin_manager.register(Plugin(), name="broken-judge")
+    text = tiny_cyclegan.read_text().replace("task: cyclegan", "task: broken-judge")
+    tiny_cyclegan.write_text(text)
+    console, out = quiet()
+    train(tiny_cyclegan, out=tmp_path / "run", console=console, overrides=["train.max_steps=4"])
+    assert out.getvalue().count("the measurement on the sample batch failed at step 1") == 1
+    assert "RuntimeError: expected 6 channels" in out.getvalue()
+    rows = metric_rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("health/grad_a2b" in r for r in rows)
+    assert not any("health/diversity_a2b" in r for r in rows)

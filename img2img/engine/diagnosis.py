@@ -63,7 +63,6 @@ class _Episode:
     since: int | None = None  # first step of the current run of measurements with the condition
     clear_since: int | None = None  # first step of the current run without it, while active
     active: bool = False
-    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 class Diagnoser:
@@ -160,7 +159,6 @@ class Diagnoser:
             ep.clear_since = None
             if ep.since is None:
                 ep.since = step
-                ep.evidence = {k: v for k, v in evidence.items() if v is not None}
             if not ep.active and step - ep.since >= self.t.patience:
                 ep.active = True
                 latest = {k: v for k, v in evidence.items() if v is not None}

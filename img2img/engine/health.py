@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,7 +33,7 @@ from rich.markup import escape
 from torch import nn
 
 from img2img.engine.diagnosis import PREFIX, RECORD_FILE, Diagnoser, Finding, Names
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, first_line
 from img2img.tasks.base import Task, unwrap
 
 DIVERSITY_SIZE = 32  # images are compared at (at most) this many pixels a side: layout and colour, not noise
@@ -173,6 +174,7 @@ class HealthMonitor:
         self.thresholds = train.health_thresholds
         self.diagnoser = Diagnoser(self.thresholds, names_of(task), settings=_settings(pipeline))
         self.last_probe: int | None = None
+        self.probe_error: str | None = None
         self.stopping: Finding | None = None
 
     @property
@@ -188,9 +190,9 @@ class HealthMonitor:
         if self.main and self.enabled and self.records.exists():
             kept = [line for line in self.records.read_text(encoding="utf-8").splitlines()
                     if _step_of(line) is not None and _step_of(line) <= step]
-            from img2img.engine.train import _atomic_write_text
-
-            _atomic_write_text(self.records, "".join(line + "\n" for line in kept))
+            tmp = self.records.with_name(f".{RECORD_FILE}.tmp")  # a kill leaves the old file or the new one
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, self.records)
 
     def observe(self, row: dict[str, Any], batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """The ``health/*`` values for this log row; findings are printed and recorded."""
@@ -198,8 +200,17 @@ class HealthMonitor:
             return {}
         step = int(row["step"])
         signals = gradient_norms(self.task)
-        if self.last_probe is None or step - self.last_probe >= self.thresholds.every:
-            signals.update(probe(self.task, batch))
+        if self.probe_error is None and (self.last_probe is None or step - self.last_probe >= self.thresholds.every):
+            try:
+                signals.update(probe(self.task, batch))
+            except Exception as exc:  # a monitor never ends a training: say so once, measure the rest
+                self.probe_error = f"{type(exc).__name__}: {first_line(exc)}"
+                if self.main:
+                    self.console.print(
+                        f"[yellow]training health[/]: the measurement on the sample batch failed at step {step} "
+                        f"({escape(self.probe_error)}); diversity and separation are not measured in this run. "
+                        "If the task is a plugin's, its judge() or health_signals() may not fit its networks.",
+                        highlight=False, soft_wrap=True)
             self.last_probe = step
         if not self.main:
             return signals

@@ -3,8 +3,10 @@
 Trains the same pipeline (the reference recipe of the task, at the size and width given) with the
 real training loop, health off and on, in the same process: rounds alternate the order (off, on /
 on, off) so a change in the machine's load hits both alike. Each fit is timed whole (data loading,
-steps, logging, the final checkpoint), so the ratio is what a user sees. It also times one health
-measurement on its own (the extra forward pass on the fixed sample batch) and one log row's work.
+steps, logging, the final checkpoint), so the ratio is what a user sees; on a shared machine the
+ratio of the process's CPU time is the steadier number (with ``--device cpu``). It also times one
+health measurement on its own (the extra forward pass on the fixed sample batch) and one log row's
+work, and models the overhead from them.
 
 The last stdout line is one JSON object; progress goes to stderr.
 
@@ -79,18 +81,20 @@ def main(argv: list[str] | None = None) -> dict:
             raw["train"]["health_thresholds"] = {"every": args.every}
 
         seconds: dict[str, list[float]] = {"off": [], "warn": []}
+        cpu: dict[str, list[float]] = {"off": [], "warn": []}
         log(f"warm-up fit ({args.steps} steps, health off)")
         make_trainer({**raw, "train": {**raw["train"], "health": "off"}}, root / "run", device).fit()
         for r in range(args.rounds):
             order = ("off", "warn") if r % 2 == 0 else ("warn", "off")
             for mode in order:
                 trainer = make_trainer({**raw, "train": {**raw["train"], "health": mode}}, root / "run", device)
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 trainer.fit()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds[mode].append(time.perf_counter() - start)
-                log(f"round {r + 1}/{args.rounds} health {mode}: {seconds[mode][-1]:.2f} s")
+                cpu[mode].append(time.process_time() - start_cpu)
+                log(f"round {r + 1}/{args.rounds} health {mode}: {seconds[mode][-1]:.2f} s ({cpu[mode][-1]:.2f} s CPU)")
 
         # one measurement and one log row's work, timed on their own (the last trainer is warm)
         from img2img.engine.health import gradient_norms, probe
@@ -111,6 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
         "images_per_s_on": round(images / on, 3),
         "seconds_off": [round(s, 3) for s in seconds["off"]],
         "seconds_on": [round(s, 3) for s in seconds["warn"]],
+        # CPU time of this process: on a shared machine, other processes' load barely moves it
+        "cpu_throughput_on_over_off": round(statistics.median(cpu["off"]) / statistics.median(cpu["warn"]), 4),
+        "cpu_seconds_off": [round(s, 3) for s in cpu["off"]],
+        "cpu_seconds_on": [round(s, 3) for s in cpu["warn"]],
         "probe_ms": round(probe_s * 1000, 2),
         "grad_norms_ms": round(grad_s * 1000, 3),
         "step_ms": round(off / args.steps * 1000, 2),

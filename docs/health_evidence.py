@@ -10,7 +10,7 @@ ngf/ndf 8, batch 2, the health measured every 10 steps; the thresholds are the d
 
     PYTHONPATH=.:tests python docs/health_evidence.py /tmp/health-evidence
 
-About 10 minutes on one CPU core. Prints one JSON object: per run, the warnings and the signals'
+About 10 to 20 minutes on one CPU core. Prints one JSON object: per run, the warnings and the signals'
 ranges after warm-up (the numbers docs/health.md quotes).
 """
 from __future__ import annotations

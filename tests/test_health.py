@@ -424,6 +424,7 @@ def starved_run(textures, tmp_path_factory):
     return run, text.getvalue()
 
 
+@pytest.mark.slow
 def test_a_generator_that_ignores_its_input_is_flagged_as_mode_collapse(collapsed_run):
     run, console = collapsed_run
     warnings = [e for e in events(run) if e["kind"] == "warning" and e["finding"] == "mode_collapse"]
@@ -439,6 +440,7 @@ def test_a_generator_that_ignores_its_input_is_flagged_as_mode_collapse(collapse
     assert all(r["health/diversity_a2b"] < 0.05 for r in rows if "health/diversity_a2b" in r)
 
 
+@pytest.mark.slow
 def test_a_discriminator_made_to_win_is_flagged_as_vanishing_gradients(starved_run):
     run, console = starved_run
     found = [e for e in events(run) if e["kind"] == "warning"]
@@ -451,6 +453,7 @@ def test_a_discriminator_made_to_win_is_flagged_as_vanishing_gradients(starved_r
     assert "the generator is starving" in console
 
 
+@pytest.mark.slow
 def test_stop_checkpoints_exits_1_and_resume_continues(textures, starved_run, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "img2img", "train", str(textures), "--out", str(run)]
@@ -479,6 +482,7 @@ def test_stop_checkpoints_exits_1_and_resume_continues(textures, starved_run, tm
     assert metric_rows(run)[-1]["step"] == stopped_at + 30
 
 
+@pytest.mark.slow
 def test_resume_diagnoses_exactly_as_an_uninterrupted_run(textures, collapsed_run, tmp_path, plugin_manager):
     """Stopped mid-episode (the collapse began, not yet reported) and resumed: the same rows, the same warnings."""
     plugin_manager.register(CollapsePlugin(), name="health-collapse-resume")
@@ -543,6 +547,7 @@ def test_a_healthy_run_on_textures_raises_no_warning(textures, tmp_path):
 # reading a run: img2img health, the report's panel
 
 
+@pytest.mark.slow
 def test_health_command_shows_signals_and_warnings(collapsed_run, tmp_path):
     run = collapsed_run[0]
     env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
@@ -576,6 +581,7 @@ def test_health_of_a_run_without_signals_says_so(tiny_cyclegan, tmp_path):
     assert not (tmp_path / "on" / "health.jsonl").exists()  # written when there is something to say
 
 
+@pytest.mark.slow
 def test_report_has_a_health_panel_with_the_warnings(collapsed_run, tmp_path):
     from img2img.evaluation.health import health_panel
     from img2img.evaluation.report import write_report
@@ -621,6 +627,7 @@ def test_every_threshold_is_documented_with_its_default():
     assert "`health` (`warn`, `stop`, `off`) and `health_thresholds`" in readme and "img2img health runs/" in readme
 
 
+@pytest.mark.slow
 def test_the_cost_benchmark_reports_the_throughput_ratio():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "health.py"), "--size", "32", "--ngf", "4",
                            "--steps", "12", "--rounds", "1", "--log-every", "4", "--every", "4", "--threads", "1"],

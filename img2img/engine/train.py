@@ -289,7 +289,7 @@ class Trainer:
             "window": {"sums": {k: v.cpu() for k, v in self.window.items()}, "count": self.window_count,
                        "seconds": self.window_time},
             "best": self.best,
-            "health": self.health.state_dict(),
+            "health": self.health.state_dict(),  # training health: its window, so resume diagnoses alike
         }
 
     def _net_key(self, direction: str) -> str:
@@ -318,7 +318,7 @@ class Trainer:
         self.window_count = window.get("count", 0)
         self.window_time = window.get("seconds", 0.0)
         self.best = ckpt.get("best")
-        self.health.load_state_dict(ckpt.get("health"))
+        self.health.load_state_dict(ckpt.get("health"))  # training health
         ckpt_io.set_rng_state(ckpt["rng"])
         if self.dist.enabled:  # every rank draws its own dropout noise
             torch.manual_seed(self.pipeline.seed + self.dist.rank + 7919 * self.step)
@@ -436,7 +436,7 @@ class Trainer:
         if self.dist.main:
             self._write_run_files()
             self._truncate_metrics()
-            self.health.start(self.step)
+            self.health.start(self.step)  # training health: drop records after the checkpoint
         base_lrs = {k: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for k, o in self.task.optimizers.items()}
         for k, o in self.task.optimizers.items():
             for g, lr in zip(o.param_groups, base_lrs[k]):
@@ -465,7 +465,7 @@ class Trainer:
                         if train.on_nan == "stop":
                             self._check_finite()
                         row = self._flush_window()
-                        row.update(self.health.observe(row, self.fixed_batch))
+                        row.update(self.health.observe(row, self.fixed_batch))  # training health signals
                         self._write_row(row)
                         progress.log(row)
                         if self.tb is not None:

@@ -22,14 +22,15 @@ from torch import nn
 import img2img
 from img2img.config.health import HealthThresholds
 from img2img.engine.diagnosis import Diagnoser, Names, trend_and_swing
-from img2img.engine.health import leaving_no_trace, mean_pairwise_distance, probe, separation
+from img2img.engine.health import mean_pairwise_distance, probe, separation
 from img2img.engine.train import train
-from img2img.errors import Img2ImgError, PipelineError
+from img2img.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.generator.ngf=8", "model.discriminator.ndf=8", "model.discriminator.n_layers=2",
         "train.sample_every=1000", "train.checkpoint_every=1000"]
-T32 = "data.transforms=[{Resize: {height: 36, width: 36}}, {RandomCrop: {height: 32, width: 32}}, {HorizontalFlip: {p: 0.5}}]"
+T32 = ("data.transforms=[{Resize: {height: 36, width: 36}}, {RandomCrop: {height: 32, width: 32}}, "
+       "{HorizontalFlip: {p: 0.5}}]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +559,8 @@ def test_health_command_shows_signals_and_warnings(collapsed_run, tmp_path):
     assert "unhealthy" in out and "health/diversity_a2b" in out and "mode_collapse (a2b)" in out
     assert "g_ab's outputs for different inputs" in out
     assert Image.open(tmp_path / "h.png").size[0] > 400
-    as_json = subprocess.run([sys.executable, "-m", "img2img", "health", str(run / "checkpoints" / "last.pt"), "--json"],
+    last = str(run / "checkpoints" / "last.pt")
+    as_json = subprocess.run([sys.executable, "-m", "img2img", "health", last, "--json"],
                              capture_output=True, text=True, env=env, timeout=300)
     data = json.loads(as_json.stdout)
     assert data["status"] == "unhealthy" and data["health"] == "warn" and data["last_step"] == 500

@@ -42,7 +42,8 @@ def health(
     if result.signals:
         table = Table(title="signals (metrics.jsonl)", title_justify="left")
         for col in ("signal", "last", "at step", "min", "max", "meaning"):
-            table.add_column(col, overflow="fold", justify="right" if col in ("last", "at step", "min", "max") else "left")
+            numeric = col in ("last", "at step", "min", "max")
+            table.add_column(col, overflow="fold", justify="right" if numeric else "left")
         for s in result.signals:
             sm = s.summary()
             table.add_row(s.name, f"{sm['last']:.4g}", str(sm["last_step"]), f"{sm['min']:.4g}", f"{sm['max']:.4g}",

@@ -57,9 +57,9 @@ class RunHealth:
         for i, event in enumerate(self.events):
             if event.get("kind") != "warning":
                 continue
-            cleared = next((e for e in self.events[i + 1:] if e.get("kind") == "cleared"
-                            and e.get("finding") == event.get("finding") and e.get("direction") == event.get("direction")),
-                           None)
+            same = (event.get("finding"), event.get("direction"))
+            cleared = next((e for e in self.events[i + 1:]
+                            if e.get("kind") == "cleared" and (e.get("finding"), e.get("direction")) == same), None)
             out.append({**event, "cleared_at": cleared["step"] if cleared else None})
         return out
 
@@ -232,14 +232,16 @@ not logged a step yet).</p>
 <p class="sub">{% if h.status == "healthy" %}No warning up to step {{ h.last_step }}.{% else %}
 {{ h.warnings|length }} warning(s){% if h.status == "recovered" %}, all cleared{% endif %}; red lines mark where each
 fired (shaded from the step its condition began), green where it cleared. See docs/health.md.{% endif %}</p>
-{% if h.warnings %}<table><tr><th>step</th><th>since</th><th>finding</th><th>cleared</th><th>what was seen, what to try</th></tr>
+{% if h.warnings %}<table>
+<tr><th>step</th><th>since</th><th>finding</th><th>cleared</th><th>what was seen, what to try</th></tr>
 {% for w in h.warnings %}<tr><td>{{ w.step }}</td><td>{{ w.since }}</td>
 <td>{{ titles.get(w.finding, w.finding) }} ({{ w.direction }})</td>
 <td>{{ w.cleared_at if w.cleared_at is not none else "no" }}</td><td>{{ w.message }}</td></tr>
 {% endfor %}</table>{% endif %}
 {% if svg %}<figure>{{ svg }}</figure>{% endif %}
 <table><tr><th>signal</th><th>last</th><th>min</th><th>max</th><th>meaning</th></tr>
-{% for s in signals %}<tr><td><code>{{ s.name }}</code></td><td>{{ "%.4g"|format(s.last) }} (step {{ s.last_step }})</td>
+{% for s in signals %}<tr><td><code>{{ s.name }}</code></td>
+<td>{{ "%.4g"|format(s.last) }} (step {{ s.last_step }})</td>
 <td>{{ "%.4g"|format(s.min) }}</td><td>{{ "%.4g"|format(s.max) }}</td><td>{{ s.meaning }}</td></tr>
 {% endfor %}</table>
 {% endif %}

@@ -10,6 +10,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from img2img.config.health import HealthMode, HealthThresholds
+
 Direction = Literal["a2b", "b2a"]
 
 
@@ -126,6 +128,9 @@ class TrainConfig(StrictModel):
     val_metric: str | None = Field(None, min_length=1)  # one of the task's val_metrics(); checked by the task
     val_extractor: ExtractorSpec | None = None  # kid/fid only; default: the task's val_extractor_default()
     samples: int = Field(4, ge=1, le=16)
+    # training health (img2img/engine/health.py, docs/health.md)
+    health: HealthMode = "warn"
+    health_thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
 
 
     @field_validator("precision", mode="before")

@@ -21,6 +21,7 @@ from img2img.config import PipelineBase
 from img2img.engine import checkpoint as ckpt_io
 from img2img.engine import run as run_io
 from img2img.engine.distributed import Dist, pick_device, setup_function, stale_references
+from img2img.engine.health import HealthMonitor
 from img2img.engine.progress import Progress
 from img2img.engine.provenance import component_origins
 from img2img.engine.run import RunFolder
@@ -88,6 +89,8 @@ class Trainer(TrainingState):
         self.bad_step = torch.tensor(-1, device=self.device)
         self.validator = None
         self.stopper = StopRequest()
+        self.health = HealthMonitor(self.task, self.pipeline, run_dir=self.run.root, console=self.console,
+                                    main=self.dist.main)  # training health (engine/health.py)
         if self.resume_from is not None:
             self.restore(self.resume_from)
 
@@ -220,6 +223,7 @@ class Trainer(TrainingState):
         if self.dist.main:
             self.write_run_files()
             run_io.truncate_metrics(self.run.metrics, self.step)
+            self.health.start(self.step)  # training health: drop records after the checkpoint
         progress = Progress(self.console, total, self.step, enabled=self.dist.main)
         per_step = self.task.scheduler_interval == "step"
         with self.stopper.installed(), progress:
@@ -244,9 +248,12 @@ class Trainer(TrainingState):
                         if train.on_nan == "stop":
                             self.check_finite()
                         row = self._flush_window()
+                        row.update(self.health.observe(row, self.fixed_batch))  # training health signals
                         self._write_row(row)
                         progress.log(row)
                         self._tensorboard_row(row)
+                        if self.dist.agree(self.health.stopping):  # train.health: stop
+                            self._stop_unhealthy()
                     progress.advance(self.step)
                     if self.validator is not None and self.validator.due(self.step, total):
                         with self.stopper.deferred():
@@ -307,6 +314,14 @@ class Trainer(TrainingState):
         name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
         raise TrainingStopped(code, f"{name}: stopped after step {self.step}; checkpoint {self.run.last}. "
                                     f"Continue with: img2img train --resume {self.run.root}")
+
+    def _stop_unhealthy(self) -> None:
+        """``train.health: stop``: samples and a complete checkpoint of this step, then exit 1 with the finding."""
+        self.write_samples()
+        if self.saved_step != self.step:
+            self.save_checkpoint(periodic=False)
+        self.dist.barrier()
+        raise self.health.stop_error(self.run.last, self.run.root, self.step)
 
     def _tensorboard(self):
         if not self.train.tensorboard:

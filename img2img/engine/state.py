@@ -47,6 +47,7 @@ class TrainingState:
                        "seconds": self.window_time},
             "best": self.best,
             "skipped_steps": self.skipped_steps,
+            "health": self.health.state_dict(),  # training health: its window, so resume diagnoses alike
         }
 
     def restore(self, ckpt: dict) -> None:
@@ -83,6 +84,7 @@ class TrainingState:
         self.window_time = window.get("seconds", 0.0)
         self.best = ckpt.get("best")
         self.skipped_steps = int(ckpt.get("skipped_steps") or 0)
+        self.health.load_state_dict(ckpt.get("health"))  # training health
         set_rng_state(ckpt["rng"])
         if self.dist.enabled:  # every rank draws its own dropout noise
             torch.manual_seed(self.pipeline.seed + self.dist.rank + 7919 * self.step)

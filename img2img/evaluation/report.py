@@ -105,6 +105,16 @@ def validation_section(run: Run) -> Section | None:
                                                        else None, "spreads": sorted(run.spreads)})
 
 
+def health_section(run: Run) -> Section:
+    """Training health (img2img/evaluation/health.py): its signals and the steps where warnings fired."""
+    from markupsafe import Markup
+
+    from img2img.evaluation.health import health_panel
+
+    _, html = health_panel(run.path, run.rows)
+    return Section("health", "health.html.j2", {"panel": Markup(html)})  # rendered by its own autoescaped template
+
+
 def timing_section(run: Run) -> Section:
     from img2img.evaluation.plots import smoothed_curves_svg
 
@@ -167,9 +177,9 @@ def pipeline_section(run: Run) -> Section:
 
 
 SECTIONS: list[Callable[[Run], Section | None]] = [
-    losses_section, learning_rate_section, validation_section,
-    # Additional panels (training health, ...) go here: a function of the Run returning a Section
-    # whose template lives in templates/sections/. Return None to leave the panel out.
+    losses_section, learning_rate_section, validation_section, health_section,
+    # Additional panels go here: a function of the Run returning a Section whose template lives in
+    # templates/sections/. Return None to leave the panel out.
     timing_section, samples_section, checkpoints_section, pipeline_section,
 ]
 

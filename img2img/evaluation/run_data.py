@@ -90,7 +90,7 @@ def split_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, Series]]:
                 by_key.setdefault(key, {})[step] = float(value)
     groups: dict[str, dict[str, Series]] = {"loss": {}, "lr": {}, "val": {}, "spread": {}, "time": {}, "counter": {}}
     for key in by_key:
-        if key in _NOT_PLOTTED:
+        if key in _NOT_PLOTTED or key.startswith("health/"):  # training health has its own panel
             continue
         if key.endswith(("_per_step", "_per_s")) or key == "val_seconds":
             group = "time"

@@ -360,6 +360,32 @@ class Task:
         return {k: v.to(self.device, non_blocking=True, memory_format=fmt) if torch.is_tensor(v) and v.dim() == 4
                 else v for k, v in batch.items()}
 
+    # -- training health (read by img2img/engine/health.py; see docs/health.md) -------------
+    discriminators: ClassVar[dict[str, str]] = {}
+    """Which discriminator judges each direction: direction -> key in `nets`, e.g. {"a2b": "d_b"}.
+    Unset, the names say it: ``d_b`` judges a2b, ``d_a`` b2a, ``d`` the one direction of a task."""
+    adversarial_terms: ClassVar[dict[str, tuple[str, str]]] = {}
+    """direction -> (the generator's, the discriminator's) adversarial loss term in `train_step`'s
+    result. Unset: the terms named like the translator's and the discriminator's keys in `nets`."""
+
+    def discriminator_key(self, direction: str) -> str | None:
+        """The key in `nets` of the discriminator that judges `direction`, or None (no adversary)."""
+        if direction in self.discriminators:
+            return self.discriminators[direction]
+        names = [f"d_{direction[-1]}"] + (["d"] if len(self.directions) == 1 else [])
+        return next((name for name in names if name in self.nets), None)
+
+    def judge(self, direction: str, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """Logits of the discriminator of `direction` for `output`, a real or translated image of
+        `source`. Conditional tasks override it (pix2pix judges the pair)."""
+        return unwrap(self.nets[self.discriminator_key(direction)])(output)
+
+    def health_signals(self, batch: dict[str, torch.Tensor], translators: dict[str, nn.Module]) -> dict[str, float]:
+        """Signals of the task's own (or replacing built-in ones of the same name, such as
+        ``health/diversity_a2b``), measured without gradients on the fixed sample batch."""
+        return {}
+    # -- end of training health --------------------------------------------------------------
+
 
 def size_multiple_of(spec: GeneratorSpec | dict) -> int:
     """The `size_multiple` of a generator spec, from a meta-device build (no memory, no init)."""

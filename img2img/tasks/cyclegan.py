@@ -39,6 +39,8 @@ class CycleGAN(Task):
     Pipeline = CycleGANPipeline
     data_kind = "unpaired"
     translator_nets = {"a2b": "g_ab", "b2a": "g_ba"}
+    discriminators = {"a2b": "d_b", "b2a": "d_a"}  # training health
+    adversarial_terms = {"a2b": ("g_ab", "d_b"), "b2a": ("g_ba", "d_a")}
 
     @classmethod
     def validate(cls, pipeline: CycleGANPipeline) -> list[tuple[str, str]]:

@@ -44,6 +44,8 @@ class Pix2Pix(Task):
     Pipeline = Pix2PixPipeline
     data_kind = "paired"
     translator_nets = {"a2b": "g"}
+    discriminators = {"a2b": "d"}  # training health
+    adversarial_terms = {"a2b": ("g_adv", "d")}
 
     def build(self) -> None:
         p = self.pipeline
@@ -79,6 +81,10 @@ class Pix2Pix(Task):
         set_requires_grad([d], True)
         self.amp.update()
         return {k: v.detach().float() for k, v in losses.items()}
+
+    def judge(self, direction: str, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The conditional discriminator sees the input beside the (real or translated) output."""
+        return unwrap(self.nets["d"])(torch.cat([source, output], 1))
 
     @torch.no_grad()
     def sample_columns(self, batch, translators):

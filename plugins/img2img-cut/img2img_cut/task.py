@@ -120,6 +120,8 @@ class CUT(Task):
     Pipeline = CUTPipeline
     data_kind = "unpaired"
     translator_nets = {"a2b": "g_ab"}
+    discriminators = {"a2b": "d_b"}  # training health
+    adversarial_terms = {"a2b": ("g_ab", "d_b")}
 
     @classmethod
     def validate(cls, pipeline: CUTPipeline) -> list[tuple[str, str]]:

@@ -252,7 +252,8 @@ def test_every_section_comes_from_a_template(run_dir: Path, tmp_path: Path) -> N
 
     templates = Path(report.__file__).with_name("templates")
     sections = [s for s in (make(report.load_run(run_dir)) for make in report.SECTIONS) if s is not None]
-    assert [s.id for s in sections] == ["losses", "lr", "validation", "timing", "samples", "checkpoints", "pipeline"]
+    assert [s.id for s in sections] == ["losses", "lr", "validation", "health", "timing", "samples", "checkpoints",
+                                       "pipeline"]
     for section in sections:
         assert (templates / "sections" / section.template).is_file()
     page = write_report(run_dir, tmp_path / "r.html").read_text()

@@ -473,9 +473,9 @@ def test_sigterm_finishes_the_step_checkpoints_once_and_exits_143(tiny_cyclegan,
     saved: list[tuple[str, int]] = []
     real_save = checkpoint.atomic_save
 
-    def spy(obj, path):
+    def spy(obj, path, **options):
         saved.append((Path(path).name, obj["step"]))
-        real_save(obj, path)
+        real_save(obj, path, **options)
 
     monkeypatch.setattr(checkpoint, "atomic_save", spy)
     run = tmp_path / "run"

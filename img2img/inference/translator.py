@@ -194,13 +194,23 @@ class Translator:
         return to_image_array(out[0])
 
     def translate(self, image: Any) -> Any:
-        """Translate one PIL image or numpy array (HW or HWC; uint8, uint16 or float in [0, 1]).
+        """Translate one PIL image, numpy array (HW or HWC; uint8, uint16 or float in [0, 1]) or image file.
 
         Returns the same kind at the same size with the model's output channels: PIL in, PIL out
-        (L, RGB or RGBA); a uint8 array in, a uint8 array out; and so on.
+        (L, RGB or RGBA); a uint8 array in, a uint8 array out; and so on. A path (``str`` or
+        ``os.PathLike``) is read as `img2img translate` reads files and gives a PIL image; to write
+        files, use `translate_files` or `translate_folder`.
         """
         from PIL import Image
 
+        if isinstance(image, (str, os.PathLike)):
+            from img2img.data.images import read_image
+
+            if not Path(image).is_file():
+                raise Img2ImgError(f"no such image file: {image}")
+            out = self.translate_arrays([read_image(Path(image), self.in_channels)])[0]
+            u8 = np.round(out * 255.0).astype(np.uint8)
+            return Image.fromarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
         if isinstance(image, Image.Image):
             arr = _to_channels(_pil_to_float(image), self.in_channels)
             out = self.translate_arrays([arr])[0]
@@ -272,6 +282,9 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
     """
     console = console or Console()
     check_tiling(tile, overlap, max_pixels, tile_norm)
+    if overlap is not None and tile is None and max_pixels is None:
+        raise Img2ImgError(f"--overlap {overlap} applies to tiles only, and nothing is tiled without --tile or "
+                           f"--max-pixels; add --tile N (e.g. --tile 512 --overlap {overlap}) or --max-pixels P")
     if batch_size < 1:
         raise Img2ImgError(f"--batch-size {batch_size}: must be >= 1")
     if resize is not None and resize < 1:

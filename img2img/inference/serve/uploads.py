@@ -6,7 +6,6 @@ that says what to send instead. Nothing here knows about HTTP frameworks.
 """
 from __future__ import annotations
 
-import difflib
 import io
 import warnings
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from img2img.data.images import ImageReadError, decode_image_bytes, encode_image, image_bit_depth
+from img2img.errors import did_you_mean
 from img2img.inference.serve.models import ServedModel, TileOptions
 
 FIELDS = ("direction", "format", "tile", "overlap", "tile_norm", "keep_depth")
@@ -52,8 +52,8 @@ class TranslateOptions:
 
 
 def _suggest(name: str, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f"did you mean '{close[0]}'? " if close else ""
+    hint = did_you_mean(name, known)
+    return f"{hint} " if hint else ""
 
 
 def _whole(field: str, raw: str, low: int, high: int | None = None) -> int:

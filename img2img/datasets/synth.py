@@ -275,6 +275,26 @@ def download(name: str, out: Path, *, kind: str | None = None, url: str | None =
     return target
 
 
+def download_hint(folder: Path) -> str | None:
+    """The `img2img datasets download` command that creates `folder`, when it is where a public dataset
+    would be extracted (``OUT/horse2zebra/trainA``, ``OUT/facades/train``), else None."""
+    folder = Path(folder)
+    name, root = folder.parent.name, folder.parent.parent
+    kinds = DOWNLOADS.get(name, {})
+    if folder.name in ("trainA", "trainB", "testA", "testB") and "cyclegan" in kinds:
+        kind = "cyclegan"
+    elif folder.name in ("train", "val", "test") and "pix2pix" in kinds:
+        kind = "pix2pix"
+    else:
+        return None
+    try:
+        shown = root.resolve().relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        shown = str(root)
+    flag = f" --kind {kind}" if len(kinds) > 1 and _resolve_kind(name, None) != kind else ""
+    return f"img2img datasets download {name} {shown}{flag}"
+
+
 def _fetch(url: str, sink, label: str, show: bool, out: Path, name: str, kind: str) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn

@@ -114,3 +114,10 @@ def test_validation_benchmark_states_a_validation_in_training_steps():
     run = result["random_conv"]
     assert run["features"] == 358 and run["validation_seconds"] > 0 and run["reference_seconds"] > 0
     assert run["validation_in_steps"] == pytest.approx(run["validation_seconds"] / result["train_step_seconds"])
+
+
+def test_peak_benchmark_reports_rates():
+    result = run_script("peak.py", "--size", "256", "--repeats", "1")
+    for key in ("matmul_fp32_gflops", "matmul_bf16_gflops", "conv3x3_fp32_gflops", "conv3x3_bf16_gflops"):
+        assert result[key] > 0, key
+    assert result["device"] in ("cpu", "cuda") and result["threads"] >= 1

@@ -122,3 +122,20 @@ def test_the_clash_rule_is_documented_for_components_and_pipelines():
     assert "the first registration wins" not in text
     assert "when two plugins register the same name, **neither** gets it" in text
     assert "`<plugin>:<name>`" in text and "a name two plugins ship is used by neither" in text
+
+
+def test_the_testing_snippet_in_plugins_readme_runs(tmp_path):
+    """plugins/README.md's fixture and test, with the template plugin in place of img2img_mything."""
+    import re
+
+    text = (ROOT / "plugins" / "README.md").read_text()
+    snippet = next(code for code in re.findall(r"```python\n(.*?)```", text.replace("\n  ", "\n"), re.S)
+                   if "def my_plugin" in code)
+    (tmp_path / "test_snippet.py").write_text(snippet.replace("img2img_mything", "img2img_template")
+                                              .replace('"my_gen"', '"small_conv"'))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), str(ROOT / "plugins" / "img2img-template"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout

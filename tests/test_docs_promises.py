@@ -224,9 +224,9 @@ def test_a_plain_torch_file_gives_the_documented_message(tmp_path):
     plain = tmp_path / "weights.pt"
     torch.save({"conv.weight": torch.zeros(2, 2)}, plain)
     out = user_error(invoke("export", plain, "--out", tmp_path / "g.onnx"),
-                     f"{plain} is a PyTorch file but not an img2img checkpoint (no pipeline/nets inside; its entries "
+                     f"{plain} is not an img2img checkpoint (a PyTorch file with no pipeline/nets inside; its entries "
                      "are conv.weight)", "img2img import reference|cut")
-    documented = "is a PyTorch file but not an img2img checkpoint (no pipeline/nets inside"
+    documented = "is not an img2img checkpoint (a PyTorch file with no pipeline/nets inside"
     assert documented in doc and documented in out
     other = tmp_path / "other.pt"
     torch.save([1, 2], other)

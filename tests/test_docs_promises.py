@@ -310,3 +310,15 @@ def test_key_table_lists_every_key(section):
     listed = set(re.findall(r"`([a-z_]+)[`:]", row))
     fields = (DataConfig if section == "data" else TrainConfig).model_fields
     assert set(fields) <= listed, set(fields) - listed
+
+
+def test_one_did_you_mean():
+    """Every "did you mean" goes through img2img.errors.did_you_mean: no other module uses difflib."""
+    root = Path(__file__).resolve().parents[1] / "img2img"
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "difflib" in p.read_text())
+    assert users == ["errors.py"]
+    from img2img.errors import did_you_mean
+
+    assert did_you_mean("epoch", ["epochs", "lr"]) == "did you mean 'epochs'?"
+    assert did_you_mean("resize", ["Resize", "Crop"]) == "did you mean 'Resize'?"
+    assert did_you_mean("zzz", ["epochs"]) == ""

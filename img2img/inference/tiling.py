@@ -366,6 +366,8 @@ def choose_tile_norm(generator: nn.Module, image: torch.Tensor, *, tile: int, ov
     tile's own, weighted by area. Costs one pass of the first layer over the image.
     """
     run = run or generator
+    if not any(uses_instance_statistics(m) for m in generator.modules()):
+        return "global"  # nothing to choose: no layer normalises by its input's statistics
     h, w = image.shape[-2:]
     scale = min(1.0, stats_size / max(h, w))
     small = image

@@ -188,7 +188,7 @@ real = checkpoint._RecordingWriter.write
 
 
 def slow(self, data):  # a slow disk: every write of torch.save takes a moment
-    time.sleep(0.004)
+    time.sleep(0.002)
     return real(self, data)
 
 

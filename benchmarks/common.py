@@ -17,8 +17,10 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_STEP = REPO.parent / "shared/bench/reference_step.py"
-PEAK = REPO.parent / "shared/bench/peak.py"
+REFERENCE_STEP = REPO / "benchmarks" / "reference_step.py"
+"""The published recipes as a plain PyTorch step (the default yardstick)."""
+SHARED_REFERENCE_STEP = REPO.parent / "shared/bench/reference_step.py"
+"""The project's shared yardstick, beside the checkout where it exists: an optional cross-check."""
 
 
 def log(*parts: Any) -> None:
@@ -75,8 +77,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def pipeline_dict(task: str, size: int, batch: int, precision: str, channels_last: bool,
-                  compile: bool, data_root: Path) -> dict[str, Any]:
-    """The pipeline of the reference's default recipe for `task`, as a user would write it."""
+                  compile: bool, data_root: Path, pix2pix_recipe: str = "unet") -> dict[str, Any]:
+    """The pipeline of the reference's default recipe for `task`, as a user would write it.
+
+    `pix2pix_recipe` "unet" is the published one (U-Net-256, batch norm, vanilla GAN; fewer
+    downsamplings below 256 px), "resnet" the variant the shared yardstick runs.
+    """
     generator = {"name": "resnet_9blocks", "ngf": 64}
     train = {"batch_size": batch, "precision": precision, "channels_last": channels_last, "compile": compile}
     data = {"a": str(data_root / "a"), "b": str(data_root / "b"),
@@ -87,9 +93,17 @@ def pipeline_dict(task: str, size: int, batch: int, precision: str, channels_las
                 "losses": {"adversarial": {"name": "lsgan"}, "cycle": {"name": "l1", "weight": 10.0},
                            "identity": {"name": "l1", "weight": 5.0}},
                 "train": {**train, "pool_size": 50}}
+    if task == "pix2pix" and pix2pix_recipe == "unet":
+        downs = min(8, size.bit_length() - 1)
+        unet = {"name": "unet_256", "ngf": 64} if downs == 8 else {"name": "unet", "num_downs": downs, "ngf": 64}
+        return {"task": "pix2pix", "name": "bench", "data": data,
+                "model": {"generator": unet, "discriminator": {"name": "patchgan", "ndf": 64, "n_layers": 3,
+                                                               "norm": "batch"}},
+                "losses": {"adversarial": {"name": "vanilla"}, "reconstruction": {"name": "l1", "weight": 100.0}},
+                "train": train}
     if task == "pix2pix":
-        # the reference step's pix2pix: the same ResNet generator, a conditional instance-norm
-        # PatchGAN, LSGAN and L1 weight 100 (the engine is compared, not U-Net against ResNet)
+        # the shared yardstick's pix2pix: the ResNet generator, a conditional instance-norm
+        # PatchGAN, LSGAN and L1 weight 100
         return {"task": "pix2pix", "name": "bench", "data": data,
                 "model": {"generator": generator,
                           "discriminator": {"name": "patchgan", "ndf": 64, "n_layers": 3, "norm": "instance"}},
@@ -103,7 +117,7 @@ def pipeline_dict(task: str, size: int, batch: int, precision: str, channels_las
 
 
 def build_task(task: str, *, size: int, batch: int, precision: str, channels_last: bool, compile: bool,
-               device: torch.device, data_root: Path, seed: int = 0):
+               device: torch.device, data_root: Path, seed: int = 0, pix2pix_recipe: str = "unet"):
     """The real task, built through the registry from a validated pipeline, as `img2img train` does.
 
     Its networks stay eager even when ``compile`` is set (so that FLOPs can be counted first);
@@ -117,7 +131,8 @@ def build_task(task: str, *, size: int, batch: int, precision: str, channels_las
     if not registry.has("task", task):
         hint = " (install it with: pip install -e plugins/img2img-cut)" if task == "cut" else ""
         raise SystemExit(f"task '{task}' is not registered{hint}; known: {', '.join(registry.names('task'))}")
-    pipeline = validate_pipeline(pipeline_dict(task, size, batch, precision, channels_last, compile, data_root))
+    pipeline = validate_pipeline(pipeline_dict(task, size, batch, precision, channels_last, compile, data_root,
+                                               pix2pix_recipe))
     torch.manual_seed(seed)
     task_cls = registry.get("task", task).factory
     return task_cls(pipeline, device=device, precision=Precision(precision, device), registry=registry)

@@ -1,8 +1,12 @@
 """Seconds per training step of a real task (built through the registry from a pipeline).
 
 Times ``task.train_step(batch)`` on random images in [-1, 1]. With ``--vs-reference`` it also
-times the reference-equivalent plain step (shared/bench/reference_step.py) in the same run and
-reports ratios, which do not depend on the machine:
+times a plain PyTorch step of the published recipe in the same run and reports ratios, which do not
+depend on the machine. ``--reference builtin`` (the default) is benchmarks/reference_step.py;
+``--reference shared`` is the project's shared yardstick beside the checkout
+(../shared/bench/reference_step.py), a cross-check where it exists; any other value is a path to a
+script with the same interface. Against ``shared``, pix2pix uses that script's variant (ResNet
+generator, instance-norm PatchGAN, LSGAN), and ours is built the same way.
 
 - time: the reference's step is loaded into this process and the two steps alternate one by one
   (the order flipping every pair), so a change in the machine's load hits both alike; same threads.
@@ -13,11 +17,13 @@ The last stdout line is one JSON object; progress goes to stderr.
 
     python benchmarks/train_step.py --task cyclegan --size 256 --steps 3 --vs-reference
     python benchmarks/train_step.py --task cyclegan --precision bf16-mixed --channels-last --vs-reference
+    python benchmarks/train_step.py --task pix2pix --vs-reference --reference shared
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import random
 import re
@@ -31,10 +37,25 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REFERENCE_STEP, build_task, compile_nets, emit, log, peak_rss_mb,  # noqa: E402
-                    pick_device, random_batch, summary, timed)
+from common import (REFERENCE_STEP, SHARED_REFERENCE_STEP, build_task, compile_nets, emit, log,  # noqa: E402
+                    peak_rss_mb, pick_device, random_batch, summary, timed)
 
 REFERENCE_MODELS = ("cyclegan", "pix2pix")
+
+
+def reference_path(value: str) -> Path:
+    """``builtin``, ``shared`` or a path, as a file that exists (or exit with what to do)."""
+    if value == "builtin":
+        return REFERENCE_STEP
+    if value == "shared":
+        if not SHARED_REFERENCE_STEP.is_file():
+            raise SystemExit(f"--reference shared: {SHARED_REFERENCE_STEP} does not exist (it lies beside a "
+                             "project checkout only); use the default, --reference builtin")
+        return SHARED_REFERENCE_STEP
+    path = Path(value)
+    if not path.is_file():
+        raise SystemExit(f"--reference: {path} does not exist; use builtin, shared or the path of a reference step")
+    return path
 
 # Runs the reference script as __main__, then prints its own peak RSS. A child's ru_maxrss (and so
 # RUSAGE_CHILDREN) starts from the parent's RSS at fork, so the child reads VmHWM, which exec resets.
@@ -69,8 +90,20 @@ def reference_in_child(path: Path, model: str, size: int, batch: int, threads: i
     rss = re.search(r"peak_rss_kb (\d+)", done.stdout)
     if timing is None or rss is None:
         raise SystemExit(f"cannot read the reference step's output:\n{done.stdout[-2000:]}")
-    return {"seconds": float(timing[1]), "flops": float(flops[1]) if flops else None,
+    exact = _json_result(done.stdout)  # the built-in step's JSON line holds the exact FLOP count
+    return {"seconds": float(timing[1]),
+            "flops": exact.get("flops_per_step") or (float(flops[1]) if flops else None),
             "peak_rss_mb": int(rss[1]) / 1024}
+
+
+def _json_result(stdout: str) -> dict:
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return {}
+    return {}
 
 
 def reference_step(path: Path, model: str, size: int, batch: int) -> Callable[[], None]:
@@ -80,7 +113,7 @@ def reference_step(path: Path, model: str, size: int, batch: int) -> Callable[[]
     spec.loader.exec_module(module)
     torch.manual_seed(0)
     random.seed(0)
-    return getattr(module, model)(size, batch)
+    return getattr(module, model.replace("-", "_"))(size, batch)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one step less)")
     ap.add_argument("--vs-reference", action="store_true", help="also time the reference step; report ratios")
-    ap.add_argument("--reference", type=Path, default=REFERENCE_STEP, help="path of reference_step.py")
+    ap.add_argument("--reference", default="builtin",
+                    help="builtin (benchmarks/reference_step.py), shared (../shared/bench/reference_step.py, where "
+                         "it exists) or the path of a script with the same interface")
     args = ap.parse_args(argv)
 
     device = pick_device(args.device)
@@ -110,13 +145,15 @@ def main(argv: list[str] | None = None) -> dict:
                              f"it has {', '.join(REFERENCE_MODELS)}")
         if device.type != "cpu":
             raise SystemExit("--vs-reference: the reference step runs on the CPU only; use --device cpu")
-        if not args.reference.is_file():
-            raise SystemExit(f"--reference: {args.reference} does not exist")
+    reference = reference_path(args.reference) if args.vs_reference else None
+    # the built-in step runs the published pix2pix (U-Net); another script is taken to be the shared one's
+    recipe = "unet" if reference in (None, REFERENCE_STEP) else "resnet"
+    model = args.task
 
     with tempfile.TemporaryDirectory() as data_root:
         task = build_task(args.task, size=args.size, batch=args.batch, precision=args.precision,
                           channels_last=args.channels_last, compile=args.compile, device=device,
-                          data_root=Path(data_root))
+                          data_root=Path(data_root), pix2pix_recipe=recipe)
     batch = random_batch(task, args.size, args.batch)
     ours_step = lambda: task.train_step(batch)  # noqa: E731
     flops = None
@@ -136,8 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
             ours.append(timed(ours_step, device))
             log(f"step {i + 1}/{args.steps}: {ours[-1]:.3f} s")
     else:
-        child = reference_in_child(args.reference, args.task, args.size, args.batch, threads)
-        ref_step = reference_step(args.reference, args.task, args.size, args.batch)
+        child = reference_in_child(reference, model, args.size, args.batch, threads)
+        ref_step = reference_step(reference, model, args.size, args.batch)
         log(f"reference warm-up step: {timed(ref_step, device):.3f} s")
         for i in range(args.steps):
             pair = [("ours", ours_step, ours), ("reference", ref_step, theirs)]
@@ -151,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["flops_per_step"] = flops
     if flops is not None:
         result["gflops_per_s"] = round(flops / result["seconds_per_step"] / 1e9, 1)
+    if args.task == "pix2pix":
+        result["pix2pix_recipe"] = recipe
     result |= {"task": args.task, "size": args.size, "batch": args.batch, "precision": args.precision,
                "channels_last": args.channels_last, "compile": args.compile, "threads": threads,
                "device": str(device), "steps": len(ours)}
@@ -168,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
             "reference_peak_rss_mb": round(child["peak_rss_mb"], 1),
             "rss_ratio_to_reference": round(rss / child["peak_rss_mb"], 3),
             "reference_flops_per_step": child["flops"],
+            "reference": args.reference if args.reference in ("builtin", "shared") else str(reference),
         }
     emit(result)
     return result

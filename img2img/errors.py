@@ -10,10 +10,11 @@ class Img2ImgError(Exception):
 
 
 class PipelineError(Img2ImgError):
-    """A pipeline that failed validation; `problems` holds every (dotted path, message) found."""
+    """A pipeline that failed validation; `problems` holds every (dotted path, message) found, `lines`
+    where each is: a line of the file, or ``"--set"``."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None,
-                 lines: dict[str, int] | None = None):
+                 lines: dict[str, int | str] | None = None):
         self.problems = list(problems)
         self.source = source
         self.lines = dict(lines or {})
@@ -21,8 +22,9 @@ class PipelineError(Img2ImgError):
         count = len(self.problems)
         text = [f"{count} problem{'s' if count != 1 else ''}{where}:"]
         for path, msg in self.problems:
-            line = self.lines.get(path)
-            text.append(f"  {path or '<file>'}{f' (line {line})' if line else ''}: {msg}")
+            line = self.lines.get(path)  # a line of the file, or "--set" for a value given on the command line
+            where = "" if not line else f" (line {line})" if isinstance(line, int) else f" ({line})"
+            text.append(f"  {path or '<file>'}{where}: {msg}")
         super().__init__("\n".join(text))
 
 
@@ -36,9 +38,22 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def did_you_mean(word: object, options, *, cutoff: float = 0.6) -> str:
-    """``"did you mean 'x'?"`` for the closest of `options` to `word`, or ``""`` when none is close."""
+def closest(word: object, options, *, cutoff: float = 0.6) -> str | None:
+    """The option closest to `word` (a case-insensitive match first), or None when none is close."""
     import difflib
 
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=cutoff)
-    return f"did you mean '{close[0]}'?" if close else ""
+    options = [str(o) for o in options]
+    lowered = {o.lower(): o for o in options}
+    if str(word).lower() in lowered:
+        return lowered[str(word).lower()]
+    close = difflib.get_close_matches(str(word), options, n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(word: object, options, *, cutoff: float = 0.6) -> str:
+    """``"did you mean 'x'?"`` for the closest of `options` to `word`, or ``""`` when none is close.
+
+    The one "did you mean" of img2img: every message that suggests a name uses it.
+    """
+    match = closest(word, options, cutoff=cutoff)
+    return f"did you mean '{match}'?" if match is not None else ""

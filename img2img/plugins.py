@@ -217,10 +217,41 @@ def not_loaded_reason(distribution: str | None) -> str | None:
     return None
 
 
+def not_loaded() -> dict[str, str]:
+    """Installed plugins that IMG2IMG_LOAD_PLUGINS leaves out: entry-point name -> distribution."""
+    get_plugin_manager()
+    return dict(_state.skipped)
+
+
 def unknown_load_names() -> list[str]:
     """Names in IMG2IMG_LOAD_PLUGINS that match no installed plugin (typos)."""
     get_plugin_manager()
     return list(_state.unknown_names)
+
+
+def unknown_names_warning() -> str | None:
+    """The warning line for names in IMG2IMG_LOAD_PLUGINS that match no installed plugin, or None."""
+    unknown = unknown_load_names()
+    if not unknown:
+        return None
+    installed = sorted({f"{dist} ({ep})" if normalise(dist) != normalise(ep) else dist
+                        for ep, dist in _state.skipped.items()}
+                       | {f"{i.distribution} ({i.name})" if i.distribution and normalise(i.distribution) != normalise(i.name)
+                          else i.distribution or i.name for i in _state.infos.values() if not i.builtin})
+    return (f"{LOAD_ENV} names no installed plugin: {', '.join(unknown)}; installed plugins (distribution and entry "
+            f"point): {', '.join(installed) or 'none'}")
+
+
+_warned = False
+
+
+def warn_unknown_names_once(emit) -> None:
+    """Call `emit(line)` with `unknown_names_warning()` the first time there is one in this process."""
+    global _warned
+    line = unknown_names_warning()
+    if line is not None and not _warned:
+        _warned = True
+        emit(line)
 
 
 def register_plugin(plugin: object, name: str) -> None:
@@ -246,6 +277,8 @@ def unregister_plugin(plugin_or_name: object) -> None:
 
 def reset() -> None:
     """Forget the plugin manager (tests, or after installing a plugin in-process); reloaded on next use."""
+    global _warned
+    _warned = False
     _state.pm = None
     _state.infos.clear()
     _state.skipped.clear()

@@ -54,7 +54,7 @@ class Component:
                     "type": _type_name(f.annotation),
                     "default": None if f.is_required() else _jsonable(f.get_default(call_default_factory=True)),
                     "required": f.is_required(),
-                    "constraints": [str(m) for m in f.metadata],
+                    "constraints": [_constraint(m) for m in f.metadata],
                 })
         return {
             "kind": self.kind, "name": self.name, "plugin": self.plugin,
@@ -66,6 +66,19 @@ class Component:
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     return text or str(annotation).replace("typing.", "")
+
+
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "multiple_of": "a multiple of",
+           "min_length": "length >=", "max_length": "length <="}
+
+
+def _constraint(meta: Any) -> str:
+    """``Ge(ge=1)`` -> ``>= 1``: a pydantic constraint as `img2img components` shows it."""
+    for attr, symbol in _BOUNDS.items():
+        value = getattr(meta, attr, None)
+        if value is not None:
+            return f"{symbol} {value}"
+    return str(meta)
 
 
 def _jsonable(value: Any) -> Any:
@@ -92,7 +105,8 @@ def params_model(kind: str, name: str, factory: Callable[..., Any]) -> type[Base
         if pname in IO_PARAMS[kind] or pname == "self":
             continue
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise ParamsProblem(f"{kind} '{name}': *{pname} is not allowed; list each parameter with a type")
+            stars = "*" if p.kind is p.VAR_POSITIONAL else "**"
+            raise ParamsProblem(f"{kind} '{name}': {stars}{pname} is not allowed; list each parameter with a type")
         if p.kind is p.POSITIONAL_ONLY:
             raise ParamsProblem(f"{kind} '{name}': parameter '{pname}' is positional-only; make it a keyword")
         if pname not in hints:

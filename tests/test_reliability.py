@@ -318,11 +318,12 @@ def test_checkpoint_needing_a_missing_plugin_names_distribution_and_version(tiny
                                                                            fake_distribution, monkeypatch):
     from img2img import plugins
 
-    fake_distribution("img2img-fancy", "img2img_fancy", FANCY_PLUGIN, version="2.3.1")
+    root = fake_distribution("img2img-fancy", "img2img_fancy", FANCY_PLUGIN, version="2.3.1")
     run = tmp_path / "run"
     result = invoke("train", tiny_cyclegan, "--out", run, "--set", "model.generator={name: fancy}", *FAST)
     assert result.exit_code == 0, result.output
-    monkeypatch.setenv("IMG2IMG_LOAD_PLUGINS", "")  # as on a machine without the plugin
+    sys.path.remove(str(root))  # uninstalled, as on a machine without the plugin
+    sys.modules.pop("img2img_fancy", None)
     plugins.reset()
     expected = ["needs plugins that are not installed", "generator 'fancy' from img2img-fancy 2.3.1",
                 "pip install img2img-fancy==2.3.1"]
@@ -473,9 +474,9 @@ def test_sigterm_finishes_the_step_checkpoints_once_and_exits_143(tiny_cyclegan,
     saved: list[tuple[str, int]] = []
     real_save = checkpoint.atomic_save
 
-    def spy(obj, path):
+    def spy(obj, path, **options):
         saved.append((Path(path).name, obj["step"]))
-        real_save(obj, path)
+        real_save(obj, path, **options)
 
     monkeypatch.setattr(checkpoint, "atomic_save", spy)
     run = tmp_path / "run"

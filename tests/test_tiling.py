@@ -193,3 +193,41 @@ def test_downscaled_statistics_make_neighbouring_tiles_agree(generator):
         with stats.applied(generator):
             shared = (adapter(left)[..., 96:] - adapter(right)[..., :32]).abs().mean()
     assert shared < local
+
+
+# -- auto: global or local statistics, chosen per image ---------------------------------------------
+
+def noise_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize(("make", "expected"), [(smooth_image, "global"), (noise_image, "local")],
+                         ids=["photo-like", "white-noise"])
+def test_auto_picks_the_statistics_that_err_less(generator, make, expected):
+    """Downscaled statistics suit smooth content and fail on noise, where each tile's own hold; auto
+    picks per image, and its choice is the one with the smaller difference from the untiled output."""
+    from img2img.inference.tiling import choose_tile_norm
+
+    image = make(256, 256)
+    adapter = SizeAdapter(generator, 4)
+    with torch.inference_mode():
+        untiled = adapter(image)
+        local = translate_tiled(image, adapter, tile=96, overlap=16, multiple=4)
+        stats = InstanceNormStats.capture(generator, image, size=96, multiple=4)
+        with stats.applied(generator):
+            shared = translate_tiled(image, adapter, tile=96, overlap=16, multiple=4)
+    errors = {"local": (local - untiled).abs().mean().item(), "global": (shared - untiled).abs().mean().item()}
+    assert min(errors, key=errors.get) == expected
+    assert choose_tile_norm(generator, image, tile=96, overlap=16, multiple=4, stats_size=96) == expected
+
+
+def test_auto_is_the_default_and_matches_the_mode_it_chose(generator):
+    from img2img.inference.translator import Translator
+
+    image = ((noise_image(200, 200, seed=2)[0].permute(1, 2, 0) + 1) / 2).numpy()
+    auto = Translator.from_module(generator, device="cpu", tile=96, overlap=16)
+    assert auto.tile_norm == "auto"
+    local = Translator.from_module(generator, device="cpu", tile=96, overlap=16, tile_norm="local")
+    np.testing.assert_array_equal(auto.translate_arrays([image])[0], local.translate_arrays([image])[0])
+    with pytest.raises(Img2ImgError, match="use 'auto' \\(chosen per image\\), 'global'"):
+        check_tiling(64, 8, None, "both")

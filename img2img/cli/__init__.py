@@ -24,6 +24,7 @@ def _add_plugin_commands() -> None:
     except Img2ImgError as exc:
         print_message(str(exc), prefix="error:")
         raise SystemExit(1) from None
+    plugin_mod.warn_unknown_names_once(lambda line: print_message(line, prefix="warning:", style="yellow"))
     for impl in pm.hook.register_commands.get_hookimpls():
         try:
             impl.function(app=app)

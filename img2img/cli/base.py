@@ -55,7 +55,8 @@ def report_user_errors(fn: Callable) -> Callable:
                 raise
             where = f" while writing {exc.filename}" if exc.filename else ""
             print_message(f"disk full{where}. Free some space and run the command again (a training continues "
-                          "with --resume from its last complete checkpoint).", prefix="error:")
+                          "with --resume from its last complete checkpoint, or starts again with --overwrite if it "
+                          "stopped before its first one).", prefix="error:")
             raise typer.Exit(1) from None
 
     return wrapper
@@ -80,6 +81,37 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
                                        help="Show the version and exit.")) -> None:
     """img2img: plugin-based image-to-image translation."""
 
+
+def usage_error(message: str, param: str | None = None) -> Exception:
+    """Wrong command-line usage: typer prints the usage line and the message, and exits 2.
+
+    With `param`, a value given to it is wrong; without, something is missing.
+    """
+    if param is not None:
+        return typer.BadParameter(message, param_hint=param)
+    usage_error_class = typer.BadParameter.__mro__[1]  # click's UsageError (exit 2), which typer does not export
+    return usage_error_class(message)
+
+
+def _flags_show_no_type() -> None:
+    """typer's rich help prints ``<bool>`` beside flags (``--overwrite <bool>``), which reads as if
+    ``--overwrite true`` worked; a flag takes no value, so show none."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "flag_aware", False):
+        return
+
+    def display_type_rich(self, ctx):  # noqa: ANN001
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return shown(self, ctx)
+
+    display_type_rich.flag_aware = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
 
 SetOption = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
                          help="Override a pipeline field, e.g. --set train.max_steps=100 (value parsed as YAML).")

@@ -17,11 +17,14 @@ def datasets_synth(
     out: Path = typer.Argument(..., help="Folder to write."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
     count: Optional[int] = typer.Option(None, "--count", min=1, help="Training images per domain."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace a synthetic dataset already in OUT (never a folder holding "
+                                        "anything else)."),
 ) -> None:
-    """Generate a deterministic demo data set (no download)."""
+    """Generate a deterministic demo data set (no download) into a new or empty folder."""
     from img2img.datasets.synth import synthesize
 
-    path = synthesize(name, out, seed=seed, count=count)
+    path = synthesize(name, out, seed=seed, count=count, overwrite=overwrite)
     console.print(f"[green]wrote[/] {escape(str(path))}")
 
 @datasets_app.command("download")

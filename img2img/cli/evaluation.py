@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from img2img.cli.base import app, console, print_message, report_user_errors
+from img2img.cli.base import app, console, print_message, report_user_errors, usage_error
 from img2img.cli.inference import Direction
 from img2img.errors import Img2ImgError
 
@@ -47,6 +47,11 @@ def evaluate(
     """Score translations against references: PSNR/SSIM/MAE per pair, FID/KID per folder."""
     from img2img.evaluation import metrics as m
 
+    if model is None and (pred_dir is None or target_dir is None):
+        missing = "TARGET_DIR" if pred_dir is not None else "PRED_DIR"
+        raise usage_error(f"Missing argument {missing}: give PRED_DIR and TARGET_DIR, or --model RUN --data PIPELINE")
+    if channels not in (1, 3, 4):
+        raise usage_error(f"{channels} is not 1 (grey), 3 (RGB) or 4 (RGBA)", "--channels")
     if model is not None:
         pred_dir, target_dir = _translate_test_split(model, data, direction.value, pred_dir)
     if pred_dir is None or target_dir is None:

@@ -52,9 +52,9 @@ def translate(
                                                "--tile, 64 when --max-pixels tiles)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels",
                                              help="Tile automatically above this many pixels per image."),
-    tile_norm: str = typer.Option("global", "--tile-norm",
-                                  help="Instance-norm statistics for tiles: global (from a downscaled whole "
-                                       "image, no seams) or local (each tile its own)."),
+    tile_norm: str = typer.Option("auto", "--tile-norm",
+                                  help="Instance-norm statistics for tiles: auto (per image, whichever errs less), "
+                                       "global (from a downscaled whole image) or local (each tile its own)."),
     fmt: Optional[ImageFormat] = typer.Option(None, "--format", help="Output format (default: keep the input's)."),
     resize: Optional[int] = typer.Option(None, "--resize", help="Resize the shorter side to N before translating."),
     keep_depth: bool = typer.Option(False, "--keep-depth", help="Write 16-bit output for 16-bit input."),

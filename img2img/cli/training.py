@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from img2img.cli.base import SetOption, app, console, report_user_errors
+from img2img.cli.base import SetOption, app, console, err_console, report_user_errors, usage_error
 
 
 @app.command()
@@ -27,6 +27,9 @@ def train(
     """Train a pipeline; Ctrl-C checkpoints, --resume continues exactly."""
     from img2img.engine import train as engine
 
+    if pipeline is None and resume is None:
+        raise usage_error("Missing argument PIPELINE: give a pipeline file or built-in pipeline name (see "
+                          "`img2img pipelines`), or --resume RUN_DIR")
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
         _exec_torchrun(nproc)
     engine.train(pipeline, overrides=set_ or [], out=out, resume=resume, overwrite=overwrite, console=console)
@@ -64,9 +67,9 @@ def validate(
 
     p = load_pipeline(pipeline, set_ or [])
     check_ready(p, str(pipeline))  # the validation extractor and its weights, before any training
-    if show:
-        console.print(yaml.safe_dump(dump_pipeline(p), sort_keys=False), highlight=False, markup=False,
-                      soft_wrap=True)  # YAML to copy: no markup, no folded lines
+    if show:  # stdout is the YAML alone (`--show > resolved.yaml`); the summary goes to stderr
+        sys.stdout.write(yaml.safe_dump(dump_pipeline(p), sort_keys=False, width=float("inf")))
+        sys.stdout.flush()
     model = getattr(p, "model", None)
     parts = [f"task {p.task}", f"name {p.name}"]
     if model is not None:
@@ -78,6 +81,7 @@ def validate(
                 parts.append(f"{fname} {value.name}")
     if (scored := describe(p)) is not None:
         parts.append(f"validation {scored}")
-    console.print(f"[green]ok[/] {escape(str(pipeline))}: " + escape(", ".join(parts)), highlight=False)
+    (err_console if show else console).print(f"[green]ok[/] {escape(str(pipeline))}: " + escape(", ".join(parts)),
+                                             highlight=False)
 
 

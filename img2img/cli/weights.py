@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from img2img.cli.base import app, console, report_user_errors
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, did_you_mean
 
 weights_app = typer.Typer(help="Weight files of feature extractors (FID/KID): where they are, and an explicit "
                                "download with a checksum. img2img never downloads on its own.",
@@ -74,14 +74,12 @@ def download(
     force: bool = typer.Option(False, "--force", help="Download even when a good copy is already there."),
 ) -> None:
     """Download an extractor's weights, check the sha256, then move the file into place."""
-    import difflib
-
     from img2img.evaluation.weights import download as fetch
 
     known = _with_weights()
     if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = did_you_mean(name, known)
+        hint = f"{hint} " if hint else ""
         raise Img2ImgError(f"no feature extractor named '{name}' loads a weights file; {hint}those that do: "
                            f"{', '.join(sorted(known)) or 'none'} (see `img2img weights list`)")
     weights = known[name]

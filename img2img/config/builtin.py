@@ -8,14 +8,13 @@ against the current folder, because the package's folder is not the user's.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from img2img import atomic
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, did_you_mean
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROBLEM = "pipelines:"  # prefix of the problems recorded on a plugin's PluginInfo
@@ -153,8 +152,8 @@ def find_builtin(name: str) -> BuiltinPipeline:
         raise Img2ImgError(f"the pipeline name '{name}' is registered by more than one plugin ({where}); give the "
                            "file you mean as a path, or uninstall one of them")
     known = sorted(found.pipelines)
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"did you mean '{close[0]}'? " if close else ""
+    hint = did_you_mean(name, known)
+    hint = f"{hint} " if hint else ""
     raise Img2ImgError(f"no pipeline file or built-in pipeline named '{name}'; {hint}built-in: "
                        f"{', '.join(known) or 'none'} (see `img2img pipelines`)")
 
@@ -201,7 +200,7 @@ def _data_paths(raw: Any) -> list[tuple[str, str]]:
     found = [(k, data[k]) for k in PATH_FIELDS if isinstance(data.get(k), str)]
     val = data.get("val")
     if isinstance(val, dict):
-        found += [(k, val[k]) for k in ("a", "b") if isinstance(val.get(k), str)]
+        found += [(k, val[k]) for k in ("a", "b", "pairs") if isinstance(val.get(k), str)]
     return found
 
 

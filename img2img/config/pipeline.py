@@ -6,7 +6,6 @@ come with a "did you mean". Relative paths in a pipeline resolve against the YAM
 """
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from pathlib import Path
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from img2img.config.schema import PATH_FIELDS, ComponentSpec, PipelineBase
 from img2img.config.yaml_io import _line_index, _nearest_line, apply_overrides, read_yaml
-from img2img.errors import PipelineError
+from img2img.errors import PipelineError, did_you_mean
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineBase:
@@ -31,19 +30,31 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     raw, text = read_yaml(path)
     if raw is None:
         raw = {}
+    overridden: set[str] = set()
     if isinstance(raw, dict) and overrides:
-        raw = apply_overrides(raw, overrides)
-    return validate_pipeline(raw, source=str(path), base_dir=base_dir, text=text)
+        raw = apply_overrides(raw, overrides, overridden)
+    return validate_pipeline(raw, source=str(path), base_dir=base_dir, text=text, overridden=overridden)
 
 
 def validate_pipeline(raw: Any, *, source: str | None = None, base_dir: Path | None = None,
-                      text: str | None = None) -> PipelineBase:
+                      text: str | None = None, overridden: set[str] | None = None) -> PipelineBase:
+    """Validate `raw` against its task's schema and the registry; every problem in one `PipelineError`.
+
+    `text` (the file's YAML) gives each problem its line; a problem at or under a path in
+    `overridden` (set with ``--set``) is marked ``(--set)`` instead.
+    """
     from img2img.registry import get_registry, unknown_message
 
     lines = _line_index(text) if text else {}
+    overridden = set(overridden or ())
+
+    def where(path: str) -> int | str | None:
+        if any(path == o or path.startswith(o + ".") for o in overridden):
+            return "--set"
+        return _nearest_line(lines, path)
 
     def fail(problems: list[tuple[str, str]]) -> PipelineError:
-        located = {p: _nearest_line(lines, p) for p, _ in problems}
+        located = {p: where(p) for p, _ in problems}
         return PipelineError(problems, source, {p: n for p, n in located.items() if n})
 
     if not isinstance(raw, dict):
@@ -189,6 +200,7 @@ def _resolve_paths(pipeline: PipelineBase, base_dir: Path) -> None:
     if data.val is not None:
         data.val.a = resolve(data.val.a)
         data.val.b = resolve(data.val.b)
+        data.val.pairs = resolve(data.val.pairs)
 
 
 def _format_errors(exc: ValidationError, model_cls: type[BaseModel]) -> list[tuple[str, str]]:
@@ -203,13 +215,15 @@ def _message(err: dict, model_cls: type[BaseModel] | None, loc: tuple) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         known = _fields_at(model_cls, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
-        if close:
-            return f"unknown key; did you mean '{close[0]}'?"
+        hint = did_you_mean(loc[-1], known)
+        if hint:
+            return f"unknown key; {hint}"
         return f"unknown key; allowed: {', '.join(known)}" if known else "unknown key"
     if kind == "missing":
         return "required"
     msg = err["msg"]
+    if kind == "value_error":  # a validator's own message, without pydantic's "Value error, " prefix
+        msg = str((err.get("ctx") or {}).get("error", msg))
     if "input" in err and kind not in ("model_type", "dict_type"):
         msg += f" (got {err['input']!r})"
     return msg

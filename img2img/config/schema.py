@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from img2img.config.health import HealthMode, HealthThresholds
 
@@ -72,8 +72,20 @@ class Channels(StrictModel):
 
 
 class ValConfig(StrictModel):
-    a: Path
+    """``data.val``: folders ``a`` (and ``b``), or ``pairs`` of side-by-side AB images (split like
+    ``data.pairs``, ``data.direction`` saying which half is the input)."""
+
+    a: Path | None = None
     b: Path | None = None
+    pairs: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ValConfig:
+        if self.pairs is not None and (self.a is not None or self.b is not None):
+            raise ValueError("data.val.pairs holds both halves of each image; give it alone, without data.val.a/b")
+        if self.pairs is None and self.a is None:
+            raise ValueError("give data.val.a (and data.val.b), or data.val.pairs (side-by-side AB images)")
+        return self
 
 
 class DataConfig(StrictModel):
@@ -132,6 +144,16 @@ class TrainConfig(StrictModel):
     health: HealthMode = "warn"
     health_thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
 
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _ema_is_a_decay(cls, value: Any) -> Any:
+        if value is False:
+            return None  # `ema: false` reads as "no EMA"
+        if value is True:
+            raise ValueError("give the decay of the moving average, a number between 0 and 1 such as 0.999 (true "
+                             "is not a decay); null or false turns EMA off")
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod

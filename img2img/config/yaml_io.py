@@ -153,9 +153,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+def apply_overrides(raw: dict, overrides: list[str], touched: set[str] | None = None) -> dict:
+    """Apply ``--set key=value`` overrides to `raw` in place; `touched` collects the dotted paths they
+    set or created, so that problems there are reported as ``(--set)`` rather than at a line of the file."""
+    touched = set() if touched is None else touched
     for text in overrides:
         keys, value = parse_override(text)
+        touched.add(".".join(keys))
         node: Any = raw
         for i, key in enumerate(keys[:-1]):
             if isinstance(node, list):
@@ -168,6 +172,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise PipelineError([(".".join(keys[:i]), f"--set {text}: not a mapping")])
             if not isinstance(node.get(key), (dict, list)):
                 node[key] = {}
+                touched.add(".".join(keys[: i + 1]))
             node = node[key]
         last = keys[-1]
         if isinstance(node, list):

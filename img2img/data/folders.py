@@ -16,6 +16,11 @@ def list_images(folder: Path, yaml_path: str | None = None) -> list[Path]:
     fix = f"Point {yaml_path} at a folder of images" if yaml_path else "Pass a folder of images"
     fix += f" ({_extensions_text()})."
     if not folder.exists():
+        from img2img.datasets.synth import download_hint
+
+        command = download_hint(folder)
+        if command is not None:
+            fix += f" This is where the public dataset goes: `{command}` downloads it."
         raise Img2ImgError(f"{where}the folder '{folder}' does not exist. {fix}")
     if not folder.is_dir():
         raise Img2ImgError(f"{where}'{folder}' is a file, not a folder. {fix}")

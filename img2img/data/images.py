@@ -39,8 +39,12 @@ def _extensions_text() -> str:
 
 
 
-def _pixel_limit() -> int | None:
-    """The decompression-bomb limit: IMG2IMG_MAX_IMAGE_PIXELS (0 or 'none' = no limit) or Pillow's."""
+def pixel_limit() -> int | None:
+    """The decompression-bomb limit: IMG2IMG_MAX_IMAGE_PIXELS (0 or 'none' = no limit) or Pillow's.
+
+    A value that is not a number is an `Img2ImgError`; commands that read many files call this once
+    before the first, so the setting is reported once rather than for every file.
+    """
     raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if not raw:
         return _PILLOW_DEFAULT_MAX_PIXELS
@@ -86,7 +90,7 @@ def _open_loaded(path: Path) -> tuple[Image.Image, bool]:
 
 def _open_source(source: Path | io.BytesIO, path: Path) -> tuple[Image.Image, bool]:
     """`_open_loaded` for a file or for bytes in memory; `path` names the image in errors."""
-    limit = _pixel_limit()
+    limit = pixel_limit()
     Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():

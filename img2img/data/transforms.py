@@ -7,7 +7,6 @@ Compositions (``OneOf``, ``SomeOf``, ``Sequential``, ...) take a nested stage li
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 import warnings
@@ -20,7 +19,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 from albumentations.core.transforms_interface import BasicTransform, Transform3D  # noqa: E402
 
-from img2img.errors import first_line
+from img2img.errors import closest, did_you_mean, first_line
 
 __all__ = [
     "build_transform",
@@ -80,11 +79,8 @@ def transform_names() -> dict[str, type]:
 
 
 def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    if not close:
-        lowered = {o.lower(): o for o in options}
-        close = [lowered[word.lower()]] if word.lower() in lowered else []
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    hint = did_you_mean(word, options)
+    return f" ({hint})" if hint else ""
 
 
 def _valid_arguments(cls: type) -> set[str]:
@@ -168,9 +164,9 @@ def _build_one(name: str, kwargs: dict, path: str, problems: list[tuple[str, str
     suggested: set[str] = set()
     unknown = [k for k in kwargs if k not in valid]
     for arg in unknown:
-        close = difflib.get_close_matches(str(arg), sorted(valid), n=1, cutoff=0.6)
-        suggested.update(close)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        match = closest(arg, sorted(valid))
+        suggested.update([match] if match is not None else [])
+        hint = f" ({did_you_mean(arg, sorted(valid))})" if match is not None else ""
         problems.append(
             (f"{path}.{arg}", f"{name} has no argument '{arg}'{hint}; it accepts: {', '.join(sorted(valid))}")
         )

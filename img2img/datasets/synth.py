@@ -6,10 +6,8 @@ outline drawings -> the same shapes filled with colour). The same seed gives byt
 """
 from __future__ import annotations
 
-import colorsys
-import difflib
-import math
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -17,13 +15,12 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from img2img.errors import Img2ImgError
+from img2img.datasets.drawing import outline_pair, shapes_image
+from img2img.errors import Img2ImgError, did_you_mean
 
 __all__ = ["DOWNLOADS", "SYNTH_DATASETS", "download", "ensure_synth", "extract_archive", "synthesize"]
 
@@ -32,98 +29,16 @@ SYNTH_DATASETS: dict[str, str] = {
     "outlines": "paired (pix2pix demo): black outline drawings (A) -> the same shapes filled with colour (B), 64x64",
 }
 
+SYNTH_KINDS: dict[str, str] = {"shapes": "unpaired", "outlines": "paired"}
+"""The data kind (a task's ``data_kind``) each synthetic dataset is."""
+
 _SIZES = {"shapes": 72, "outlines": 64}
 _TRAIN_COUNT = 200
-_SUPERSAMPLE = 4  # draw large, then average down: smooth edges, still deterministic
-
-# Fill colours of the outlines set: one per kind, so the target is a function of the drawing.
-_OUTLINE_FILL = {"circle": (220, 60, 60), "square": (50, 110, 220), "triangle": (60, 170, 80)}
-
-
-@dataclass(frozen=True)
-class _Shape:
-    kind: str  # circle, square, triangle
-    cx: float
-    cy: float
-    r: float  # circumradius
-    angle: float
 
 
 def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _layout(rng: np.random.Generator, size: int) -> list[_Shape]:
-    """1-3 shapes that do not overlap and stay inside the image."""
-    shapes: list[_Shape] = []
-    wanted = int(rng.integers(1, 4))
-    for _ in range(60):
-        if len(shapes) == wanted:
-            break
-        r = float(rng.uniform(0.13, 0.27)) * size
-        cx, cy = (float(v) for v in rng.uniform(r + 2, size - r - 2, size=2))
-        kind = ("circle", "square", "triangle")[int(rng.integers(3))]
-        angle = float(rng.uniform(0, 2 * math.pi))
-        if all(math.hypot(cx - s.cx, cy - s.cy) > r + s.r + 3 for s in shapes):
-            shapes.append(_Shape(kind, cx, cy, r, angle))
-    return shapes
-
-
-def _polygon(shape: _Shape, scale: float) -> list[tuple[float, float]]:
-    corners = 4 if shape.kind == "square" else 3
-    r = shape.r * (0.85 if shape.kind == "square" else 1.0)
-    return [
-        ((shape.cx + r * math.cos(shape.angle + 2 * math.pi * k / corners)) * scale,
-         (shape.cy + r * math.sin(shape.angle + 2 * math.pi * k / corners)) * scale)
-        for k in range(corners)
-    ]
-
-
-def _draw(shapes: list[_Shape], size: int, background, fills, outline=None, outline_width: float = 0.0) -> Image.Image:
-    s = _SUPERSAMPLE
-    im = Image.new("RGB", (size * s, size * s), tuple(background))
-    draw = ImageDraw.Draw(im)
-    width = max(1, round(outline_width * s)) if outline is not None else 0
-    for shape, fill in zip(shapes, fills):
-        if shape.kind == "circle":
-            r = shape.r * 0.8
-            box = [(shape.cx - r) * s, (shape.cy - r) * s, (shape.cx + r) * s, (shape.cy + r) * s]
-            draw.ellipse(box, fill=fill, outline=outline, width=width)
-        else:
-            draw.polygon(_polygon(shape, s), fill=fill, outline=outline, width=width)
-    return im.reduce(s)
-
-
-def _hsv(h: float, sat: float, val: float) -> tuple[int, int, int]:
-    r, g, b = colorsys.hsv_to_rgb(h % 1.0, sat, val)
-    return round(r * 255), round(g * 255), round(b * 255)
-
-
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
-
-
-def _shapes_image(seed: int, domain: int, split: int, index: int, size: int) -> Image.Image:
-    """Domain 0: warm shapes on a light background; domain 1: cool shapes on a dark background."""
-    rng = _rng(seed, 1, domain, split, index)
-    shapes = _layout(rng, size)
-    if domain == 0:
-        background = _hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.12), rng.uniform(0.85, 0.97))
-        fills = [_hsv(rng.uniform(-15, 50) / 360, rng.uniform(0.7, 1.0), rng.uniform(0.85, 1.0)) for _ in shapes]
-    else:
-        background = _hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.3), rng.uniform(0.08, 0.25))
-        fills = [_hsv(rng.uniform(170, 270) / 360, rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0)) for _ in shapes]
-    return _draw(shapes, size, background, fills)
-
-
-def _outline_pair(seed: int, split: int, index: int, size: int) -> tuple[Image.Image, Image.Image]:
-    rng = _rng(seed, 2, split, index)
-    shapes = _layout(rng, size)
-    white, black = (255, 255, 255), (0, 0, 0)
-    drawing = _draw(shapes, size, white, [None] * len(shapes), outline=black, outline_width=size / 32)
-    filled = _draw(shapes, size, white, [_OUTLINE_FILL[s.kind] for s in shapes], outline=black, outline_width=size / 32)
-    return drawing, filled
+    hint = did_you_mean(word, options, cutoff=0.5)
+    return f" ({hint})" if hint else ""
 
 
 def _check_synth_name(name: str) -> None:
@@ -145,16 +60,70 @@ def _counts(count: int | None) -> tuple[int, int]:
     return train, max(2, round(train / 10))
 
 
-def synthesize(name: str, out: Path, *, seed: int = 0, count: int | None = None) -> Path:
+def synthesize(name: str, out: Path, *, seed: int = 0, count: int | None = None, overwrite: bool = False) -> Path:
     """Write synthetic dataset `name` into `out` (trainA, trainB, testA, testB, README.txt).
 
     `count` is the number of training images per folder (default 200); the test folders get a
     tenth of it (at least 2). Image i is the same whatever the count, and the same seed gives
-    byte-identical files.
+    byte-identical files. `out` must be new or empty; with `overwrite`, a synthetic dataset already
+    there is replaced (never a folder holding anything else). The files are written beside `out`
+    and moved into place at the end, so an interrupted run leaves nothing half-written.
     """
     _check_synth_name(name)
     out = Path(out)
     train, test = _counts(count)
+    _check_target(out, name, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write(name, staging, seed, train, test)
+        if out.is_dir() and any(out.iterdir()):  # replacing an earlier synthetic dataset (overwrite)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.is_dir():
+                out.rmdir()
+            os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def synthetic_dataset(folder: Path) -> dict | None:
+    """``{"name", "train", "test"}`` of the img2img synthetic dataset in `folder` (read from its README.txt),
+    or None when the folder holds anything else."""
+    folder = Path(folder)
+    try:
+        entries = {p.name for p in folder.iterdir()}
+        text = (folder / "README.txt").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    found = re.match(r"img2img synthetic dataset '(\w+)'", text)
+    counts = re.search(r"train: (\d+) images per folder, test: (\d+) per folder", text)
+    if not found or not counts or not entries <= {"trainA", "trainB", "testA", "testB", "README.txt"}:
+        return None
+    return {"name": found.group(1), "train": int(counts.group(1)), "test": int(counts.group(2))}
+
+
+def _check_target(out: Path, name: str, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise Img2ImgError(f"{out} is a file; the synthetic dataset '{name}' needs a folder there")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    existing = synthetic_dataset(out)
+    if existing is None:
+        raise Img2ImgError(f"{out} is not empty and holds more than an img2img synthetic dataset; img2img writes a "
+                           "dataset only into a new or empty folder and never deletes files it did not write. "
+                           "Choose another folder")
+    if not overwrite:
+        raise Img2ImgError(f"{out} already holds the synthetic dataset '{existing['name']}' ({existing['train']} "
+                           "training images per folder); add --overwrite to replace it, or choose another folder")
+
+
+def _write(name: str, out: Path, seed: int, train: int, test: int) -> None:
     size = _SIZES[name]
     for sub in ("trainA", "trainB", "testA", "testB"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -162,14 +131,13 @@ def synthesize(name: str, out: Path, *, seed: int = 0, count: int | None = None)
         for i in range(n):
             file = f"{i:04d}.png"
             if name == "shapes":
-                _save_png(_shapes_image(seed, 0, split, i, size), out / f"{label}A" / file)
-                _save_png(_shapes_image(seed, 1, split, i, size), out / f"{label}B" / file)
+                _save_png(shapes_image(seed, 0, split, i, size), out / f"{label}A" / file)
+                _save_png(shapes_image(seed, 1, split, i, size), out / f"{label}B" / file)
             else:
-                drawing, filled = _outline_pair(seed, split, i, size)
+                drawing, filled = outline_pair(seed, split, i, size)
                 _save_png(drawing, out / f"{label}A" / file)
                 _save_png(filled, out / f"{label}B" / file)
     (out / "README.txt").write_text(_readme(name, seed, train, test, size), encoding="utf-8")
-    return out
 
 
 def _readme(name: str, seed: int, train: int, test: int, size: int) -> str:
@@ -200,12 +168,36 @@ def _readme(name: str, seed: int, train: int, test: int, size: int) -> str:
     )
 
 
-def ensure_synth(name: str, out: Path, seed: int = 0) -> bool:
-    """Generate synthetic dataset `name` into `out` unless `out` already has content; True if generated.
+def synthesize_problems(data, data_kind: str, task: str) -> list[tuple[str, str]]:
+    """What is wrong with ``data.synthesize`` in a pipeline's `data` section for a task whose data is
+    `data_kind` ("paired" or "unpaired"): an unknown name, the other kind of data, or data paths
+    that are not where the dataset is written (``ROOT/trainA``, ``ROOT/trainB``)."""
+    name = data.synthesize
+    if not name:
+        return []
+    if name not in SYNTH_DATASETS:
+        kinds = ", ".join(f"{n} ({SYNTH_KINDS[n]})" for n in SYNTH_DATASETS)
+        return [("data.synthesize", f"unknown synthetic dataset '{name}'{_suggest(name, SYNTH_DATASETS)}; "
+                                    f"available: {kinds}")]
+    if SYNTH_KINDS[name] != data_kind:
+        fits = [n for n, k in SYNTH_KINDS.items() if k == data_kind]
+        return [("data.synthesize", f"'{name}' is {SYNTH_KINDS[name]} data, but the {task} task trains on "
+                                    f"{data_kind} data; use {' or '.join(fits) or 'no synthetic dataset'}")]
+    if data.pairs is not None:
+        return [("data.synthesize", f"'{name}' is written as trainA/trainB folders, not side-by-side pairs; "
+                                    "use data.a and data.b instead of data.pairs")]
+    if data.a is None:
+        return [("data.a", f"required with data.synthesize: the folder trainA of the '{name}' dataset")]
+    root = Path(data.a).parent
+    wrong = [(key, want) for key, want in (("a", "trainA"), ("b", "trainB"))
+             if getattr(data, key) is not None and Path(getattr(data, key)) != root / want]
+    return [(f"data.{key}", f"data.synthesize writes the '{name}' dataset as {root}/trainA, trainB, testA and "
+                            f"testB; point data.{key} at {root / want}") for key, want in wrong]
 
-    Generation goes to a temporary folder next to `out` that is renamed at the end, so an
-    interrupted run leaves nothing half-written behind.
-    """
+
+def ensure_synth(name: str, out: Path, seed: int = 0) -> bool:
+    """Generate synthetic dataset `name` into `out` unless `out` already has content; True if generated
+    (``data.synthesize``: the first training makes the data, later ones use it)."""
     _check_synth_name(name)
     out = Path(out)
     if out.exists():
@@ -213,16 +205,7 @@ def ensure_synth(name: str, out: Path, seed: int = 0) -> bool:
             raise Img2ImgError(f"{out} is a file; the synthetic dataset '{name}' needs a folder there")
         if any(out.iterdir()):
             return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        synthesize(name, staging, seed=seed)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    synthesize(name, out, seed=seed)
     return True
 
 
@@ -290,6 +273,26 @@ def download(name: str, out: Path, *, kind: str | None = None, url: str | None =
             f"the archive from {source} did not contain a '{name}' folder; look inside {out} for what it held"
         )
     return target
+
+
+def download_hint(folder: Path) -> str | None:
+    """The `img2img datasets download` command that creates `folder`, when it is where a public dataset
+    would be extracted (``OUT/horse2zebra/trainA``, ``OUT/facades/train``), else None."""
+    folder = Path(folder)
+    name, root = folder.parent.name, folder.parent.parent
+    kinds = DOWNLOADS.get(name, {})
+    if folder.name in ("trainA", "trainB", "testA", "testB") and "cyclegan" in kinds:
+        kind = "cyclegan"
+    elif folder.name in ("train", "val", "test") and "pix2pix" in kinds:
+        kind = "pix2pix"
+    else:
+        return None
+    try:
+        shown = root.resolve().relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        shown = str(root)
+    flag = f" --kind {kind}" if len(kinds) > 1 and _resolve_kind(name, None) != kind else ""
+    return f"img2img datasets download {name} {shown}{flag}"
 
 
 def _fetch(url: str, sink, label: str, show: bool, out: Path, name: str, kind: str) -> None:

@@ -28,11 +28,12 @@ FORMAT = 2
 """1: img2img 0.1 (a generator net per direction); 2: translators recorded tensor by tensor, schedulers."""
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+def atomic_save(obj: Any, path: Path, *, then: str | None = None) -> None:
     """`torch.save` to `path` atomically (see `img2img.atomic`).
 
     A crash, Ctrl-C, ``kill -9`` or a full disk leaves the previous file intact; a file system
-    error (disk full, permission denied, read-only) is an `Img2ImgError` that says so.
+    error (disk full, permission denied, read-only) is an `Img2ImgError` that says so and, with
+    `then`, what to do once the space is free (e.g. "then continue with --resume runs/x").
     """
     path = Path(path)
     existed = path.exists()
@@ -47,7 +48,8 @@ def atomic_save(obj: Any, path: Path) -> None:
         if cause is None:
             raise
         kept = f"the previous {path.name} is intact" if existed else f"no earlier {path.name} existed"
-        then = "then continue with --resume" if existed and path.name == "last.pt" else "then run the command again"
+        if then is None:
+            then = "then continue with --resume" if existed and path.name == "last.pt" else "then run the command again"
         if cause.errno in (errno.ENOSPC, errno.EDQUOT):
             raise Img2ImgError(f"disk full while writing {path}; {kept}. Free some space, {then}.") from None
         raise Img2ImgError(f"cannot write {path}: {cause.strerror or cause}; {kept}. Fix the folder's "
@@ -123,7 +125,7 @@ def load_checkpoint(path: Path, *, check_plugins: bool = True) -> dict:
         raise Img2ImgError(f"{path} is not a readable img2img checkpoint ({detail}); "
                            "it may be truncated or of another program") from None
     if not isinstance(ckpt, dict) or "pipeline" not in ckpt or "nets" not in ckpt:
-        raise Img2ImgError(f"{path} is not an img2img checkpoint (no pipeline/nets inside)")
+        raise _not_ours(path, ckpt)
     made_by = str(ckpt.get("img2img_version", "0"))
     fmt = ckpt.get("format", 1)
     if not isinstance(fmt, int) or isinstance(fmt, bool):
@@ -145,6 +147,22 @@ def load_checkpoint(path: Path, *, check_plugins: bool = True) -> dict:
         check_components(ckpt, path)
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _not_ours(path: Path, ckpt: Any) -> Img2ImgError:
+    """A readable PyTorch file without the pipeline and nets every img2img checkpoint holds."""
+    if isinstance(ckpt, dict):
+        keys = [str(k) for k in ckpt]
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        holds = f"its entries are {shown}" if keys else "it is an empty mapping"
+    else:
+        holds = f"it holds a {type(ckpt).__name__}"
+    hint = ""
+    if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        hint = (". It looks like a state dict: generator weights of the reference CycleGAN/pix2pix repository or "
+                "of CUT become a run with `img2img import reference|cut FILE --out RUN` (see docs/import.md)")
+    return Img2ImgError(f"{path} is not an img2img checkpoint (a PyTorch file with no pipeline/nets inside; {holds})"
+                        f"{hint}")
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:

@@ -6,6 +6,7 @@ state, so ``--resume`` continues exactly.
 """
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ def check_components(ckpt: dict, path: Path) -> None:
     The message names the distribution and version that provided each missing one, so the fix is
     one ``pip install``.
     """
+    from img2img import plugins
     from img2img.registry import get_registry
 
     registry = get_registry()
@@ -31,6 +33,7 @@ def check_components(ckpt: dict, path: Path) -> None:
     if not isinstance(origins, dict):
         raise Img2ImgError(f"{path} is damaged: its plugin record is a {type(origins).__name__}, not a mapping")
     missing, installs = [], []
+    excluded: list[str] = []  # installed, but IMG2IMG_LOAD_PLUGINS leaves them out
     for key, origin in origins.items():
         kind, _, name = str(key).partition(":")
         if kind not in COMPONENT_KINDS or not hasattr(registry, "has") or registry.has(kind, name):
@@ -38,15 +41,25 @@ def check_components(ckpt: dict, path: Path) -> None:
         origin = origin if isinstance(origin, dict) else {}
         dist, version = origin.get("distribution"), origin.get("version")
         made_by = f"{dist or 'an unknown distribution'}{' ' + str(version) if version else ''}"
+        if plugins.not_loaded_reason(dist) is not None:
+            excluded.append(f"{kind} '{name}' from {made_by}")
+            continue
         missing.append(f"{kind} '{name}' from {made_by}")
         if dist:
             spec = f"{dist}=={version}" if version else str(dist)
             if spec not in installs:
                 installs.append(spec)
+    problems = []
+    if excluded:
+        setting = f"{plugins.LOAD_ENV}={os.environ.get(plugins.LOAD_ENV, '')!r}"
+        problems.append(f"{path} needs plugins that are installed but not loaded ({setting}): {'; '.join(excluded)}. "
+                        f"Add them to {plugins.LOAD_ENV} or unset it.")
     if missing:
         how = f"pip install {' '.join(sorted(installs))}" if installs else "install the plugins that provide them"
-        raise Img2ImgError(f"{path} needs plugins that are not installed: {'; '.join(missing)}. "
-                           f"Install them ({how}) and try again.")
+        problems.append(f"{path} needs plugins that are not installed: {'; '.join(missing)}. "
+                        f"Install them ({how}) and try again.")
+    if problems:
+        raise Img2ImgError(" ".join(problems))
 
 
 def component_origins(pipeline, registry) -> dict[str, dict]:

@@ -98,11 +98,19 @@ class TrainingState:
             atomic.remove_partial_files(self.run.checkpoints)
         state = self.state()
         with self.stopper.deferred():
-            ckpt_io.atomic_save(state, self.run.last)
+            ckpt_io.atomic_save(state, self.run.last, then=self.after_failed_write())
             if periodic:
-                ckpt_io.atomic_save(state, self.run.checkpoints / f"step-{self.step}.pt")
+                ckpt_io.atomic_save(state, self.run.checkpoints / f"step-{self.step}.pt", then=self.after_failed_write())
                 self._prune_checkpoints()
         self.saved_step = self.step
+
+    def after_failed_write(self) -> str:
+        """What to do once a failed checkpoint write is fixed: continue from last.pt if there is one, else
+        start again (the run folder exists, so `train` needs --overwrite)."""
+        if self.run.last.is_file():
+            return f"then continue with --resume {self.run.root}"
+        return (f"then start again with --overwrite (this run stopped before its first checkpoint, so there is "
+                f"nothing to --resume; the run folder {self.run.root} exists)")
 
     def _prune_checkpoints(self) -> None:
         keep = self.train.keep_checkpoints

@@ -36,8 +36,9 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
         run_root = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
         if out is not None and Path(out).resolve() != run_root.resolve():
             raise Img2ImgError(f"--out {out} differs from the run being resumed ({run_root}); drop --out")
-        raw = apply_overrides(resume_state["pipeline"], overrides)
-        pipeline = validate_pipeline(raw, source=f"{ckpt_path} (+ --set)")
+        overridden: set[str] = set()
+        raw = apply_overrides(resume_state["pipeline"], overrides, overridden)
+        pipeline = validate_pipeline(raw, source=f"{ckpt_path} (+ --set)", overridden=overridden)
         if pipeline_path is not None:
             _warn_if_changed(console, load_pipeline(pipeline_path), pipeline, pipeline_path)
         run = RunFolder(run_root)
@@ -77,8 +78,14 @@ def _ensure_synth(pipeline: PipelineBase, console: Console) -> None:
     name = pipeline.data.synthesize
     if not name:
         return
-    from img2img.datasets.synth import ensure_synth
+    from img2img.datasets.synth import ensure_synth, synthesize_problems
+    from img2img.errors import PipelineError
+    from img2img.registry import get_registry
 
+    data_kind = get_registry().get("task", pipeline.task).factory.data_kind
+    problems = synthesize_problems(pipeline.data, data_kind, pipeline.task)
+    if problems:
+        raise PipelineError(problems, "the pipeline")
     target = pipeline.data.a or pipeline.data.pairs
     if target is None:
         return

@@ -33,11 +33,14 @@ def run_generator(gen: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def check_ready(pipeline, source: str | None = None) -> None:
-    """Raise a `PipelineError` for what would stop validation here (the task's `validate_setup`)."""
+    """Raise a `PipelineError` for what would stop a training here: ``data.synthesize`` that would not make
+    the data the pipeline reads, and the task's `validate_setup` (validation extractor, weights)."""
+    from img2img.datasets.synth import synthesize_problems
     from img2img.registry import get_registry
 
     task_cls = get_registry().get("task", pipeline.task).factory
-    problems = list(task_cls.validate_setup(pipeline)) if hasattr(task_cls, "validate_setup") else []
+    problems = synthesize_problems(pipeline.data, task_cls.data_kind, pipeline.task)
+    problems += list(task_cls.validate_setup(pipeline)) if hasattr(task_cls, "validate_setup") else []
     if problems:
         raise PipelineError(problems, source)
 
@@ -82,8 +85,12 @@ class Validator:
         if metric in DISTRIBUTION_METRICS:
             v._prepare_distribution(task_cls)
         else:
-            extra = f" and {len(v.images.b)} of data.val.b" if v.images.b else ""
-            trainer.console.print(f"validation: {metric} of {len(v.images.a)} data.val.a images{extra}, every "
+            if p.data.val.pairs is not None:
+                what = f"{len(v.images.a)} data.val.pairs images"
+            else:
+                what = f"{len(v.images.a)} data.val.a images" + (f" and {len(v.images.b)} of data.val.b"
+                                                                 if v.images.b else "")
+            trainer.console.print(f"validation: {metric} of {what}, every "
                                   f"{v.every} steps; best.pt keeps the {'highest' if v.higher else 'lowest'}",
                                   highlight=False, markup=False)
         best = trainer.best
@@ -103,7 +110,8 @@ class Validator:
         self.extractor = dist.build_extractor(ref).to(trainer.device)
         files, reader, where = reference_files(p, task_cls.data_kind == "paired")
         if len(self.images.a) < 2 or len(files) < 2:
-            raise Img2ImgError(f"train.val_metric {self.metric}: data.val.a and {where} need at least 2 images each "
+            source = "data.val.pairs" if p.data.val.pairs is not None else "data.val.a"
+            raise Img2ImgError(f"train.val_metric {self.metric}: {source} and {where} need at least 2 images each "
                                f"(they have {len(self.images.a)} and {len(files)})")
         start = time.perf_counter()
         self.reference = dist.features(dist.batched((reader(f) for f in files), BATCH), self.extractor,
@@ -112,7 +120,8 @@ class Validator:
         if self.metric == "fid" and note:
             trainer.console.print(f"warning: {note}", style="yellow", highlight=False, markup=False)
         trainer.console.print(
-            f"validation: {self.metric} with {self.extractor_name}, {len(self.images.a)} translated data.val.a "
+            f"validation: {self.metric} with {self.extractor_name}, {len(self.images.a)} translated "
+            f"{'data.val.pairs' if p.data.val.pairs is not None else 'data.val.a'} "
             f"images against {len(files)} of {where}, every {self.every} steps ({self.reference.shape[1]} features; "
             f"reference computed in {time.perf_counter() - start:.1f} s)", highlight=False, markup=False)
 
@@ -170,7 +179,7 @@ class Validator:
         if better:
             trainer.best = {"metric": self.metric, "value": value, "step": trainer.step,
                             "extractor": self.extractor_name}
-            ckpt_io.atomic_save(trainer.state(), trainer.run.checkpoints / "best.pt")
+            ckpt_io.atomic_save(trainer.state(), trainer.run.checkpoints / "best.pt", then=trainer.after_failed_write())
             row["val_best"] = 1
         return row
 
@@ -180,9 +189,17 @@ class Validator:
 
 
 def load_val_images(p, paired: bool) -> ValImages:
-    from img2img.data import list_images, match_pairs, read_image, to_tensor
+    from img2img.data import list_images, match_pairs, read_image, read_pair_image, to_tensor
 
     ch, val = p.data.channels, p.data.val
+    if val.pairs is not None:  # side-by-side AB images: the input half and its target (or A and B sets)
+        files = list_images(val.pairs, "data.val.pairs")
+        swap = paired and p.data.direction == "b2a"
+        halves = [read_pair_image(f, ch.a, ch.b) for f in files]
+        inputs = [to_tensor(right if swap else left) for left, right in halves]
+        targets = [to_tensor(left if swap else right) for left, right in halves]
+        names = [f.name for f in files]
+        return ValImages(a=inputs, b=targets, paired=paired, names_a=names, names_b=list(names))
     files_a = list_images(val.a, "data.val.a")
     if paired and val.b is not None:
         pairs = match_pairs(files_a, val.a, list_images(val.b, "data.val.b"), val.b, ("data.val.a", "data.val.b"))
@@ -202,6 +219,13 @@ def reference_files(p, paired: bool) -> tuple[list[Path], Callable[[Path], torch
 
     ch, data = p.data.channels, p.data
     swap = paired and data.direction == "b2a"
+    if data.val.pairs is not None:
+        def read_target(f: Path) -> torch.Tensor:
+            left, right = read_pair_image(f, ch.a, ch.b)
+            return to_tensor(left if swap else right)
+
+        return (list_images(data.val.pairs, "data.val.pairs"), read_target,
+                f"the {'left' if swap else 'right'} halves of data.val.pairs")
     if data.val.b is not None:
         return list_images(data.val.b, "data.val.b"), lambda f: to_tensor(read_image(f, ch.b)), "data.val.b"
     if data.pairs is not None:

@@ -13,7 +13,6 @@ writes it as the string ``"inf"`` because JSON has no infinity.
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from img2img import atomic
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, did_you_mean
 
 PAIRED = ("psnr", "ssim", "mae")
 DISTRIBUTION = ("fid", "kid")
@@ -107,6 +106,8 @@ def evaluate_folders(
             raise Img2ImgError(f"{role} folder {folder} does not exist or is not a folder")
     if batch_size < 1:
         raise Img2ImgError(f"batch size must be at least 1, got {batch_size}")
+    if channels not in (1, 3, 4):
+        raise Img2ImgError(f"channels {channels}: compare 1 (grey), 3 (RGB) or 4 (RGBA) channels")
     if resize_protocol not in PROTOCOLS:
         raise Img2ImgError(f"unknown resize protocol {resize_protocol!r}; use one of {', '.join(PROTOCOLS)}")
     paired = [m for m in names if m in PAIRED]
@@ -157,8 +158,8 @@ def _check_metric_names(metrics: Sequence[str] | str) -> list[str]:
         if not name:
             continue
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, known)
+            hint = f"; {hint}" if hint else ""
             raise Img2ImgError(f"unknown metric {raw!r}{hint} (known metrics: {', '.join(known)})")
         if name not in names:
             names.append(name)

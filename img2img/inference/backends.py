@@ -19,7 +19,7 @@ from img2img import precision as precisions
 from img2img.devices import select_device
 from img2img.engine.checkpoint import LoadedGenerator
 from img2img.errors import Img2ImgError, first_line
-from img2img.inference.tiling import InstanceNormStats, SizeAdapter
+from img2img.inference.tiling import InstanceNormStats, SizeAdapter, choose_tile_norm
 
 
 def physical_cores() -> int:
@@ -84,14 +84,22 @@ class TorchBackend:
             y = self.adapter(batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format))
         return y.float().cpu().contiguous()
 
-    def tile_context(self, image: torch.Tensor, stats_size: int, tile_norm: str):
-        """Global instance-norm statistics for the tiles of `image`, when asked for and relevant."""
-        if tile_norm != "global":
+    def tile_context(self, image: torch.Tensor, stats_size: int, tile_norm: str, *, tile: int | None = None,
+                     overlap: int = 0):
+        """Global instance-norm statistics for the tiles of `image`, when asked for (or, for ``auto``,
+        when `choose_tile_norm` finds them closer than each tile's own) and relevant."""
+        if tile_norm == "local":
             return nullcontext()
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with self._autocast():
                 return self.module(x.to(self.device))
+
+        if tile_norm == "auto" and tile is not None:
+            chosen = choose_tile_norm(self.module, image, tile=tile, overlap=overlap, multiple=self.size_multiple,
+                                      stats_size=stats_size, run=run)
+            if chosen == "local":
+                return nullcontext()
 
         stats = InstanceNormStats.capture(self.module, image, size=stats_size, multiple=self.size_multiple, run=run)
         return stats.applied(self.module) if len(stats) else nullcontext()
@@ -171,7 +179,8 @@ class OnnxBackend:
         y = self.session.run([self.output_name], {self.input_name: x})[0]
         return torch.from_numpy(np.asarray(y, dtype=np.float32))
 
-    def tile_context(self, image: torch.Tensor, stats_size: int, tile_norm: str):
+    def tile_context(self, image: torch.Tensor, stats_size: int, tile_norm: str, *, tile: int | None = None,
+                     overlap: int = 0):
         return nullcontext()  # the statistics inside an ONNX graph cannot be substituted
 
 

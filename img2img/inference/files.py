@@ -3,6 +3,7 @@ compute in a thread pool, batches images of equal size, tiles large ones and enc
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import deque
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from img2img.data.folders import list_images
-from img2img.data.images import IMAGE_EXTENSIONS, ImageReadError, image_bit_depth, read_image, save_image
+from img2img.data.images import IMAGE_EXTENSIONS, ImageReadError, image_bit_depth, pixel_limit, read_image, save_image
 from img2img.errors import Img2ImgError
 
 FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tif": ".tif", "tiff": ".tif"}
@@ -136,6 +137,7 @@ def load_job(job: _Job, channels: int, resize: int | None, keep_depth: bool) -> 
 def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_depth: bool,
              console: Console) -> TranslateReport:
     """Translate every job of `plan` with `translator`; unreadable inputs are listed, never raised."""
+    pixel_limit()  # a bad IMG2IMG_MAX_IMAGE_PIXELS stops here, once, not once per file
     report = TranslateReport(skipped=list(plan.skipped), failed=list(plan.failed), ignored=list(plan.ignored))
     for note in translator.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
@@ -165,7 +167,12 @@ def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_dep
                 try:
                     fut.result()
                     report.written.append(job.dst)
-                except (OSError, Img2ImgError) as exc:
+                except OSError as exc:
+                    if exc.errno in STOP_ERRNOS:  # every later file would fail the same way: stop
+                        _cancel(reads, writes)
+                        raise _stopped(exc, job.dst, report, out) from None
+                    report.failed.append((job.src, f"cannot write {job.dst}: {exc}"))
+                except Img2ImgError as exc:
                     report.failed.append((job.src, f"cannot write {job.dst}: {exc}"))
                 advance()
 
@@ -226,6 +233,28 @@ def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_dep
     report.seconds = time.perf_counter() - start
     _summarise(report, out, translator, console)
     return report
+
+
+STOP_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""Write errors that stop a translation (a full disk, a quota, a read-only file system), not one file."""
+
+
+def _cancel(*queues: deque) -> None:
+    """Drop reads and writes not yet started; those running finish (each writes a whole file or none)."""
+    for queue in queues:
+        for _, fut in queue:
+            fut.cancel()
+        queue.clear()
+
+
+def _stopped(exc: OSError, dst: Path, report: TranslateReport, out: Path) -> Img2ImgError:
+    what = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system"}[exc.errno]
+    done = len(report.written)
+    fix = "Free some space" if exc.errno != errno.EROFS else "Choose a writable --out"
+    return Img2ImgError(f"{what} while writing {dst}; translation stopped after {done} image{'s' if done != 1 else ''} "
+                        f"(each written completely, none half-written). {fix}, then run the command again: outputs "
+                        f"already in {out} are skipped, so it continues where it stopped.")
 
 
 def _resize_shorter(arr: np.ndarray, size: int) -> np.ndarray:

@@ -8,7 +8,10 @@ size; `SizeAdapter` is that as a module, the form the ONNX graph carries.
 Large images are translated in overlapping tiles blended with weights that ramp smoothly (raised
 cosine) across each overlap and are 1 elsewhere, normalised by their sum, so no seam shows. Instance
 norm makes each tile normalise by its own statistics, which changes its colours: `InstanceNormStats`
-records the statistics of a downscaled whole image and substitutes them while the tiles run.
+records the statistics of a downscaled whole image and substitutes them while the tiles run. That
+helps where the content changes across the image (a photo) and hurts where the downscaling loses the
+detail that the statistics are made of (noise, fine textures); `choose_tile_norm` measures which of the
+two errs less on the image at hand.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from torch import nn
 
 from img2img.errors import Img2ImgError
 
+TILE_NORMS = ("auto", "global", "local")
+"""Instance-norm statistics of tiles: chosen per image, the downscaled whole image's, or each tile's own."""
 AUTO_TILE = 512
 AUTO_OVERLAP = 64
 DEFAULT_OVERLAP = 32
@@ -35,6 +40,7 @@ __all__ = [
     "SizeAdapter",
     "blend_weights",
     "check_tiling",
+    "choose_tile_norm",
     "effective_tile",
     "pad_to_multiple",
     "padded_size",
@@ -288,8 +294,9 @@ def check_tiling(tile: int | None, overlap: int | None, max_pixels: int | None, 
         raise Img2ImgError(f"--overlap {overlap} must be smaller than --tile {tile} (try --overlap {tile // 4})")
     if max_pixels is not None and max_pixels < 1:
         raise Img2ImgError(f"--max-pixels {max_pixels}: must be a positive pixel count")
-    if tile_norm not in ("global", "local"):
-        raise Img2ImgError(f"--tile-norm {tile_norm!r}: use 'global' (statistics of the whole image) or 'local'")
+    if tile_norm not in TILE_NORMS:
+        raise Img2ImgError(f"--tile-norm {tile_norm!r}: use 'auto' (chosen per image), 'global' (statistics of the "
+                           "whole image, downscaled) or 'local' (each tile its own)")
 
 
 def tile_plan(height: int, width: int, *, tile: int | None, overlap: int | None, max_pixels: int | None,
@@ -308,3 +315,80 @@ def tile_plan(height: int, width: int, *, tile: int | None, overlap: int | None,
     else:
         return None
     return size, (lap if lap < size else size // 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing global or local statistics for an image
+
+
+class _Reached(Exception):
+    pass
+
+
+def _first_norm_input(generator: nn.Module, image: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> torch.Tensor | None:
+    """The input of the first instance-norm layer the generator calls on `image` (the rest is not run)."""
+    layers = [m for m in generator.modules() if uses_instance_statistics(m)]
+    seen: list[torch.Tensor] = []
+
+    def stop(module: nn.Module, args: tuple) -> None:
+        seen.append(args[0].detach().float())
+        raise _Reached
+
+    handles = [m.register_forward_pre_hook(stop) for m in layers]
+    try:
+        with torch.inference_mode():
+            run(image)
+    except _Reached:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen[0] if seen else None
+
+
+def _deviation(mean: torch.Tensor, var: torch.Tensor, true_mean: torch.Tensor, true_var: torch.Tensor) -> float:
+    """How far (mean, var) normalise from the true statistics: mean shift in standard deviations plus
+    the log of the scale error, averaged over channels."""
+    true_var = true_var.clamp_min(1e-12)
+    shift = (mean - true_mean).abs() / true_var.sqrt()
+    scale = 0.5 * (var.clamp_min(1e-12) / true_var).log().abs()
+    return float((shift + scale).mean())
+
+
+def choose_tile_norm(generator: nn.Module, image: torch.Tensor, *, tile: int, overlap: int, multiple: int,
+                     stats_size: int, run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> str:
+    """``"global"`` or ``"local"``: whichever normalises the first instance-norm layer closer to the
+    statistics of the whole image at full resolution.
+
+    Those exact statistics are summed over the tiles (the layer's input depends on the pixels alone);
+    "global" is judged by the statistics of the image downscaled to `stats_size`, "local" by each
+    tile's own, weighted by area. Costs one pass of the first layer over the image.
+    """
+    run = run or generator
+    if not any(uses_instance_statistics(m) for m in generator.modules()):
+        return "global"  # nothing to choose: no layer normalises by its input's statistics
+    h, w = image.shape[-2:]
+    scale = min(1.0, stats_size / max(h, w))
+    small = image
+    if scale < 1.0:
+        small = F.interpolate(image, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                              align_corners=False, antialias=True)
+    first = _first_norm_input(generator, pad_to_multiple(small, multiple), run)
+    if first is None:
+        return "global"
+    dims = tuple(range(2, first.ndim))
+    downscaled = (first.mean(dims)[0], first.var(dims, unbiased=False)[0])
+    count, total, squares, tiles = 0, 0.0, 0.0, []
+    for t, b in tile_spans(h, tile, overlap, multiple):
+        for left, right in tile_spans(w, tile, overlap, multiple):
+            x = _first_norm_input(generator, pad_to_multiple(image[:, :, t:b, left:right], multiple), run)
+            x = x[:, :, : x.shape[2] * (b - t) // padded_size(b - t, multiple),
+                  : x.shape[3] * (right - left) // padded_size(right - left, multiple)]
+            n = x.shape[2] * x.shape[3]
+            tiles.append((x.mean(dims)[0], x.var(dims, unbiased=False)[0], n))
+            count, total, squares = count + n, total + x.sum(dims)[0], squares + (x * x).sum(dims)[0]
+    mean = total / count
+    var = squares / count - mean * mean
+    local = sum(_deviation(m, v, mean, var) * n for m, v, n in tiles) / count
+    return "global" if _deviation(*downscaled, mean, var) <= local else "local"

@@ -43,11 +43,12 @@ class Translator:
     Options: `batch_size` (images of equal size, and tiles, run together); `tile` and `overlap`
     (translate images larger than `tile` in blended tiles); `max_pixels` (tile anything larger,
     512/64 unless given); `tile_norm` ("global": instance-norm statistics of the whole image,
-    downscaled so its longer side is `stats_size`, default the tile size; "local": each tile its own).
+    downscaled so its longer side is `stats_size`, default the tile size; "local": each tile its own;
+    "auto", the default: per image, whichever of the two `choose_tile_norm` finds closer).
     """
 
     def __init__(self, backend: TorchBackend | OnnxBackend, *, batch_size: int = 1, tile: int | None = None,
-                 overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "global",
+                 overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "auto",
                  stats_size: int | None = None):
         if batch_size < 1:
             raise Img2ImgError(f"--batch-size {batch_size}: must be >= 1")
@@ -62,9 +63,9 @@ class Translator:
         self.max_pixels = max_pixels
         self.tile_norm = tile_norm
         self.notes = list(backend.notes)
-        if backend.kind == "onnx" and tile_norm == "global" and (tile is not None or max_pixels is not None):
+        if backend.kind == "onnx" and tile_norm != "local" and (tile is not None or max_pixels is not None):
             self.notes.append("tiles of an ONNX model use their own instance-norm statistics; "
-                              "--tile-norm global needs a run folder or checkpoint")
+                              f"--tile-norm {tile_norm} needs a run folder or checkpoint")
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -188,19 +189,29 @@ class Translator:
 
     def _translate_tiled(self, arr: np.ndarray, tile: int, overlap: int) -> np.ndarray:
         image = to_tensor(arr).unsqueeze(0)
-        with self.backend.tile_context(image, self.stats_size or tile, self.tile_norm):
+        with self.backend.tile_context(image, self.stats_size or tile, self.tile_norm, tile=tile, overlap=overlap):
             out = translate_tiled(image, self.backend, tile=tile, overlap=overlap, multiple=self.size_multiple,
                                   batch_size=self.batch_size)
         return to_image_array(out[0])
 
     def translate(self, image: Any) -> Any:
-        """Translate one PIL image or numpy array (HW or HWC; uint8, uint16 or float in [0, 1]).
+        """Translate one PIL image, numpy array (HW or HWC; uint8, uint16 or float in [0, 1]) or image file.
 
         Returns the same kind at the same size with the model's output channels: PIL in, PIL out
-        (L, RGB or RGBA); a uint8 array in, a uint8 array out; and so on.
+        (L, RGB or RGBA); a uint8 array in, a uint8 array out; and so on. A path (``str`` or
+        ``os.PathLike``) is read as `img2img translate` reads files and gives a PIL image; to write
+        files, use `translate_files` or `translate_folder`.
         """
         from PIL import Image
 
+        if isinstance(image, (str, os.PathLike)):
+            from img2img.data.images import read_image
+
+            if not Path(image).is_file():
+                raise Img2ImgError(f"no such image file: {image}")
+            out = self.translate_arrays([read_image(Path(image), self.in_channels)])[0]
+            u8 = np.round(out * 255.0).astype(np.uint8)
+            return Image.fromarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
         if isinstance(image, Image.Image):
             arr = _to_channels(_pil_to_float(image), self.in_channels)
             out = self.translate_arrays([arr])[0]
@@ -257,7 +268,7 @@ class Translator:
 
 def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: str = "a2b", batch_size: int = 1,
                      device: str = "auto", precision: str = "fp32", tile: int | None = None,
-                     overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "global",
+                     overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "auto",
                      fmt: str | None = None, resize: int | None = None, keep_depth: bool = False,
                      overwrite: bool = False, use_ema: bool = True, channels_last: bool = False,
                      console: Console | None = None, norm_stats: str | None = None) -> TranslateReport:
@@ -272,6 +283,9 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
     """
     console = console or Console()
     check_tiling(tile, overlap, max_pixels, tile_norm)
+    if overlap is not None and tile is None and max_pixels is None:
+        raise Img2ImgError(f"--overlap {overlap} applies to tiles only, and nothing is tiled without --tile or "
+                           f"--max-pixels; add --tile N (e.g. --tile 512 --overlap {overlap}) or --max-pixels P")
     if batch_size < 1:
         raise Img2ImgError(f"--batch-size {batch_size}: must be >= 1")
     if resize is not None and resize < 1:

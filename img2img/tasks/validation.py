@@ -12,12 +12,13 @@ this machine (is the extractor installed, are its weights there), which translat
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from img2img.errors import did_you_mean
 
 DISTRIBUTION_METRICS = ("kid", "fid")
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
@@ -76,17 +77,18 @@ def check_pipeline(task_cls: Any, pipeline: Any) -> list[tuple[str, str]]:
     metric = pipeline.train.val_metric
     task = getattr(pipeline, "task", task_cls.name)
     if metric is not None and metric not in offered:
-        close = difflib.get_close_matches(metric, offered, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = did_you_mean(metric, offered)
+        hint = f"{hint} " if hint else ""
         problems.append(("train.val_metric", f"'{metric}' is not a metric the {task} task can score; {hint}"
                                              f"use one of {', '.join(offered) or 'none'}"))
     val = pipeline.data.val
     if val is not None and not offered:
         problems.append(("data.val", f"the {task} task scores no validation; remove data.val"))
     metric = metric if metric in offered else (offered[0] if offered else None)
-    if val is not None and task_cls.data_kind == "paired" and val.b is None and metric not in DISTRIBUTION_METRICS:
+    if (val is not None and task_cls.data_kind == "paired" and val.b is None and val.pairs is None
+            and metric not in DISTRIBUTION_METRICS):
         problems.append(("data.val.b", f"required for {metric} validation of {task}: the targets of data.val.a, "
-                                       "matched by file name"))
+                                       "matched by file name (or give data.val.pairs, side-by-side AB images)"))
     return problems
 
 
@@ -98,9 +100,9 @@ def check_setup(task_cls: Any, pipeline: Any, registry: Any = None) -> list[tupl
 
     train, task = pipeline.train, pipeline.task
     if pipeline.data.val is None:
-        unused = [k for k in ("val_metric", "val_extractor") if getattr(train, k) is not None]
-        return [(f"train.{k}", "set, but there is no data.val to validate on; add data.val.a (and data.val.b), "
-                               f"or remove train.{k}") for k in unused]
+        unused = [k for k in ("val_every", "val_metric", "val_extractor") if getattr(train, k) is not None]
+        return [(f"train.{k}", "set, but there is no data.val to validate on; add data.val.a (and data.val.b) or "
+                               f"data.val.pairs, or remove train.{k}") for k in unused]
     metric = effective_metric(task_cls, pipeline)
     if metric not in DISTRIBUTION_METRICS:
         if train.val_extractor is not None:

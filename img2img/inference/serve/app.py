@@ -60,8 +60,10 @@ class ServeSettings:
     workers: int = 2  # threads that decode uploads and encode results, beside each model's worker
 
     def check(self) -> ServeSettings:
+        from img2img.data.images import pixel_limit
         from img2img.errors import Img2ImgError
 
+        pixel_limit()  # a bad IMG2IMG_MAX_IMAGE_PIXELS stops the server from starting, not every upload
         if self.max_pixels is not None and self.max_pixels < 1:
             raise Img2ImgError(f"--max-pixels {self.max_pixels}: must be a positive pixel count")
         if self.max_body_bytes < 1:

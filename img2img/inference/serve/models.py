@@ -83,7 +83,7 @@ class TileOptions:
 
     tile: int | None = None
     overlap: int | None = None
-    tile_norm: str = "global"
+    tile_norm: str = "auto"
     tile_above: int | None = None
 
     def check(self) -> TileOptions:

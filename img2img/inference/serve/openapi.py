@@ -58,8 +58,9 @@ COMPONENTS = {
         "tile": _query("tile", {"type": "integer", "minimum": 16, "maximum": MAX_TILE},
                        "translate images larger than this in tiles of this size"),
         "overlap": _query("overlap", {"type": "integer", "minimum": 0}, "pixels shared by neighbouring tiles"),
-        "tile_norm": _query("tile_norm", {"type": "string", "enum": ["global", "local"]},
-                            "instance-norm statistics of tiles: of the whole image, or each tile its own"),
+        "tile_norm": _query("tile_norm", {"type": "string", "enum": ["auto", "global", "local"]},
+                            "instance-norm statistics of tiles: chosen per image (auto), of the whole image "
+                            "(global), or each tile its own (local)"),
         "keep_depth": _query("keep_depth", {"type": "boolean"}, "16-bit PNG/TIFF out for 16-bit input"),
     },
     "requestBodies": {"Image": {"required": True, "content": {

@@ -6,7 +6,6 @@ that says what to send instead. Nothing here knows about HTTP frameworks.
 """
 from __future__ import annotations
 
-import difflib
 import io
 import warnings
 from collections.abc import Mapping
@@ -17,7 +16,9 @@ import numpy as np
 from PIL import Image
 
 from img2img.data.images import ImageReadError, decode_image_bytes, encode_image, image_bit_depth
+from img2img.errors import did_you_mean
 from img2img.inference.serve.models import ServedModel, TileOptions
+from img2img.inference.tiling import TILE_NORMS
 
 FIELDS = ("direction", "format", "tile", "overlap", "tile_norm", "keep_depth")
 IMAGE_FIELD = "image"
@@ -52,8 +53,8 @@ class TranslateOptions:
 
 
 def _suggest(name: str, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f"did you mean '{close[0]}'? " if close else ""
+    hint = did_you_mean(name, known)
+    return f"{hint} " if hint else ""
 
 
 def _whole(field: str, raw: str, low: int, high: int | None = None) -> int:
@@ -100,9 +101,9 @@ def parse_options(values: Mapping[str, str], model: ServedModel, defaults: TileO
         raise ApiError(400, "invalid_field", f"overlap={overlap} must be smaller than tile={tile} "
                        f"(try overlap={tile // 4})", field=field)
     tile_norm = values.get("tile_norm") or defaults.tile_norm
-    if tile_norm not in ("global", "local"):
-        raise ApiError(400, "invalid_field", f"tile_norm={tile_norm!r}: use global (statistics of the whole image) "
-                       "or local (each tile its own)", field="tile_norm")
+    if tile_norm not in TILE_NORMS:
+        raise ApiError(400, "invalid_field", f"tile_norm={tile_norm!r}: use auto (chosen per image), global "
+                       "(statistics of the whole image) or local (each tile its own)", field="tile_norm")
     keep_depth = _boolean("keep_depth", values["keep_depth"]) if "keep_depth" in values else False
     tiling = TileOptions(tile=tile, overlap=overlap, tile_norm=tile_norm, tile_above=defaults.tile_above)
     return TranslateOptions(direction=direction, format=fmt, tiling=tiling, keep_depth=keep_depth)

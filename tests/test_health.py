@@ -400,20 +400,14 @@ STARVED = FAILING + ["model.generator.ngf=4", "train.lr=1e-7", "train.lr_d=2e-3"
 @pytest.fixture(scope="module")
 def collapsed_run(textures, tmp_path_factory):
     """wood -> marble with a generator that ignores its input, 500 steps, train.health: warn."""
-    from img2img import plugins
+    from img2img.testing import registered
 
-    pm = plugins.get_plugin_manager()
-    plugin = CollapsePlugin()
-    pm.register(plugin, name="health-collapse")
-    try:
+    with registered(CollapsePlugin(), name="health-collapse"):  # only while it trains
         console, text = quiet()
         run = tmp_path_factory.mktemp("collapsed") / "run"
         train(textures, out=run, console=console,
               overrides=FAILING + ["model.generator={name: ignorer}", "train.max_steps=500"])
-        yield run, text.getvalue()
-    finally:
-        pm.unregister(plugin)
-        plugins._infos.pop("health-collapse", None)
+    return run, text.getvalue()
 
 
 @pytest.fixture(scope="module")

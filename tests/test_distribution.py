@@ -14,7 +14,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from conftest import write_images
+from img2img.testing import write_images
 from img2img.evaluation import distribution as dist
 
 

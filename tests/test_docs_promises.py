@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from img2img.cli import app
 from img2img.errors import Img2ImgError
 
-from conftest import write_images
+from img2img.testing import write_images
 
 runner = CliRunner()
 
@@ -134,8 +134,11 @@ def test_unknown_component_kind_lists_the_kinds_and_no_command_that_fails():
     assert invoke("components", "generator").exit_code == 0
 
 
-def test_components_shows_constraints():
-    result = invoke("components", "generator", env={"COLUMNS": "250"})
+def test_components_shows_constraints(monkeypatch):
+    from img2img.cli.base import console
+
+    monkeypatch.setattr(console, "width", 250)  # one line per component, whatever ran before in this process
+    result = invoke("components", "generator")
     assert result.exit_code == 0
     assert "ngf: int = 64 (>= 1, <= 1024)" in flat(result.output)
     from img2img.registry import get_registry

@@ -18,7 +18,7 @@ from img2img.cli import app
 from img2img.errors import Img2ImgError
 from img2img.registry import get_registry
 
-from conftest import TINY_CYCLEGAN, write_images
+from img2img.testing import tiny_pipeline, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -95,10 +95,7 @@ def test_a_checkpoint_whose_plugin_is_left_out_says_not_loaded(widen, monkeypatc
     from img2img.engine.checkpoint import load_checkpoint
     from img2img.engine.train import train
 
-    write_images(tmp_path / "A", 4, 32, seed=1)
-    write_images(tmp_path / "B", 4, 32, seed=2)
-    pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(TINY_CYCLEGAN.format(a=tmp_path / "A", b=tmp_path / "B"))
+    pipeline = tiny_pipeline(tmp_path)
     load(monkeypatch, None)
     run = tmp_path / "run"
     train(pipeline, out=run, overrides=["model.generator={name: widen, width: 4}", "train.max_steps=1"],

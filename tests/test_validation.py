@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import write_images
+from img2img.testing import write_images
 from img2img.errors import Img2ImgError, PipelineError
 
 EXTRACTOR_PLUGIN = '''

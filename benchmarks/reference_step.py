@@ -184,19 +184,22 @@ def requires_grad(nets, flag: bool) -> None:
             p.requires_grad_(flag)
 
 
-def images(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.rand(batch, 3, size, size) * 2 - 1, torch.rand(batch, 3, size, size) * 2 - 1
+def images(batch: int, size: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    return ((torch.rand(batch, 3, size, size) * 2 - 1).to(device),
+            (torch.rand(batch, 3, size, size) * 2 - 1).to(device))
 
 
 # -- the steps ------------------------------------------------------------------------------------
 
-def cyclegan(size: int, batch: int) -> Callable[[], None]:
+def cyclegan(size: int, batch: int, device: str = "cpu") -> Callable[[], None]:
     g_ab, g_ba = resnet_generator(), resnet_generator()
     d_a, d_b = patch_discriminator(), patch_discriminator()
     init_normal(g_ab, g_ba, d_a, d_b)
+    for net in (g_ab, g_ba, d_a, d_b):
+        net.to(device)
     opt_g, opt_d = adam(g_ab, g_ba), adam(d_a, d_b)
     pool_a, pool_b = HistoryPool(), HistoryPool()
-    a, b = images(batch, size)
+    a, b = images(batch, size, device)
 
     def step() -> None:
         fake_b, fake_a = g_ab(a), g_ba(b)
@@ -220,9 +223,10 @@ def cyclegan(size: int, batch: int) -> Callable[[], None]:
     return step
 
 
-def _pix2pix(g: nn.Module, d: nn.Module, gan, size: int, batch: int) -> Callable[[], None]:
+def _pix2pix(g: nn.Module, d: nn.Module, gan, size: int, batch: int, device: str = "cpu") -> Callable[[], None]:
+    g.to(device), d.to(device)
     opt_g, opt_d = adam(g), adam(d)
-    a, b = images(batch, size)
+    a, b = images(batch, size, device)
 
     def step() -> None:
         fake = g(a)
@@ -240,26 +244,27 @@ def _pix2pix(g: nn.Module, d: nn.Module, gan, size: int, batch: int) -> Callable
     return step
 
 
-def pix2pix(size: int, batch: int) -> Callable[[], None]:
+def pix2pix(size: int, batch: int, device: str = "cpu") -> Callable[[], None]:
     g, d = unet_generator(num_downs=unet_downs(size)), patch_discriminator(cin=6, batch_norm=True)
     init_normal(g, d)
-    return _pix2pix(g, d, vanilla, size, batch)
+    return _pix2pix(g, d, vanilla, size, batch, device)
 
 
-def pix2pix_resnet(size: int, batch: int) -> Callable[[], None]:
+def pix2pix_resnet(size: int, batch: int, device: str = "cpu") -> Callable[[], None]:
     g, d = resnet_generator(), patch_discriminator(cin=6)
     init_normal(g, d)
-    return _pix2pix(g, d, lsgan, size, batch)
+    return _pix2pix(g, d, lsgan, size, batch, device)
 
 
 STEPS = {"cyclegan": cyclegan, "pix2pix": pix2pix, "pix2pix-resnet": pix2pix_resnet}
 
 
-def build(model: str, size: int, batch: int) -> Callable[[], None]:
-    """The step function of `model`, seeded as `main` seeds it."""
+def build(model: str, size: int, batch: int, device: str = "cpu") -> Callable[[], None]:
+    """The step function of `model` on `device` (plain fp32 eager, as the reference trains), seeded as
+    `main` seeds it."""
     torch.manual_seed(0)
     random.seed(0)
-    return STEPS[model](size, batch)
+    return STEPS[model](size, batch, device)
 
 
 def main(argv: list[str] | None = None) -> dict:

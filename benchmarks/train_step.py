@@ -106,14 +106,16 @@ def _json_result(stdout: str) -> dict:
     return {}
 
 
-def reference_step(path: Path, model: str, size: int, batch: int) -> Callable[[], None]:
-    """The reference's step function, built in this process exactly as its main() builds it."""
+def reference_step(path: Path, model: str, size: int, batch: int, device: torch.device) -> Callable[[], None]:
+    """The reference's step function, built in this process exactly as its main() builds it (on a GPU
+    only the built-in reference step can run: the shared one is CPU only)."""
     spec = importlib.util.spec_from_file_location("reference_step", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     torch.manual_seed(0)
     random.seed(0)
-    return getattr(module, model.replace("-", "_"))(size, batch)
+    builder = getattr(module, model.replace("-", "_"))
+    return builder(size, batch, str(device)) if device.type != "cpu" else builder(size, batch)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -143,9 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.task not in REFERENCE_MODELS:
             raise SystemExit(f"--vs-reference: the reference step has no {args.task} model; "
                              f"it has {', '.join(REFERENCE_MODELS)}")
-        if device.type != "cpu":
-            raise SystemExit("--vs-reference: the reference step runs on the CPU only; use --device cpu")
     reference = reference_path(args.reference) if args.vs_reference else None
+    if args.vs_reference and device.type != "cpu" and reference != REFERENCE_STEP:
+        raise SystemExit("--vs-reference on a GPU: only the built-in reference step (--reference builtin) runs "
+                         "there; the shared one is CPU only")
     # the built-in step runs the published pix2pix (U-Net); another script is taken to be the shared one's
     recipe = "unet" if reference in (None, REFERENCE_STEP) else "resnet"
     model = args.task
@@ -173,8 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
             ours.append(timed(ours_step, device))
             log(f"step {i + 1}/{args.steps}: {ours[-1]:.3f} s")
     else:
-        child = reference_in_child(reference, model, args.size, args.batch, threads)
-        ref_step = reference_step(reference, model, args.size, args.batch)
+        # its memory, in a process of its own (CPU only: a GPU's memory is read below, in this process)
+        child = reference_in_child(reference, model, args.size, args.batch, threads) if device.type == "cpu" else {}
+        if device.type == "cuda":
+            ours_gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20
+            torch.cuda.reset_peak_memory_stats(device)
+        ref_step = reference_step(reference, model, args.size, args.batch, device)
         log(f"reference warm-up step: {timed(ref_step, device):.3f} s")
         for i in range(args.steps):
             pair = [("ours", ours_step, ours), ("reference", ref_step, theirs)]
@@ -195,7 +202,13 @@ def main(argv: list[str] | None = None) -> dict:
                "device": str(device), "steps": len(ours)}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-        result["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        if theirs:
+            result["peak_gpu_memory_mb"] = round(ours_gpu_mb, 1)
+            result["reference_peak_gpu_memory_mb"] = round(peak, 1)
+            result["gpu_memory_ratio_to_reference"] = round(ours_gpu_mb / peak, 3)
+        else:
+            result["peak_gpu_memory_mb"] = round(peak, 1)
     if theirs:
         ref = summary(theirs)
         result |= {
@@ -204,9 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
             "reference_max": ref["max"],
             "ratio_to_reference": round(result["seconds_per_step"] / ref["seconds_per_step"], 3),
             "pairwise_ratio_median": round(statistics.median(o / t for o, t in zip(ours, theirs)), 3),
-            "reference_peak_rss_mb": round(child["peak_rss_mb"], 1),
-            "rss_ratio_to_reference": round(rss / child["peak_rss_mb"], 3),
-            "reference_flops_per_step": child["flops"],
+            "reference_peak_rss_mb": round(child["peak_rss_mb"], 1) if child else None,
+            "rss_ratio_to_reference": round(rss / child["peak_rss_mb"], 3) if child else None,
+            "reference_flops_per_step": child.get("flops"),
             "reference": args.reference if args.reference in ("builtin", "shared") else str(reference),
         }
     emit(result)

@@ -12,7 +12,7 @@ from img2img import hookimpl
 from img2img_cut.patchnce import PatchNCELoss, ProjectionHeads, patchnce, sample_patch_ids
 from img2img_cut.task import ANTIALIAS_NCE_LAYERS, CUT, CUTPipeline, RESNET_NCE_LAYERS
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["ANTIALIAS_NCE_LAYERS", "CUT", "CUTPipeline", "PatchNCELoss", "ProjectionHeads", "RESNET_NCE_LAYERS", "patchnce",
            "sample_patch_ids", "__version__"]

@@ -130,7 +130,7 @@ def test_patch_sampling_is_reproducible():
 def test_registered_through_the_plugin_with_validated_parameters():
     registry = get_registry()
     component = registry.get("loss", "patchnce")
-    assert component.distribution == "img2img-cut" and component.version == "0.1.0"
+    assert component.distribution == "img2img-cut" and component.version == "0.2.0"
     loss = registry.build("loss", {"name": "patchnce", "weight": 10.0, "temperature": 0.2})
     assert isinstance(loss, PatchNCELoss) and loss.temperature == 0.2
     with pytest.raises(Img2ImgError, match="temperature"):

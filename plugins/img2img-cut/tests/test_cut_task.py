@@ -49,7 +49,7 @@ def test_trains_and_checkpoints_generator_heads_and_their_optimiser(cut_run):
     assert set(ckpt["translators"]) == {"a2b"}
     assert {key for key, _ in ckpt["translators"]["a2b"].values()} == {"g_ab"}
     assert ckpt["plugins"]["task:cut"]["distribution"] == "img2img-cut"
-    assert ckpt["plugins"]["loss:patchnce"]["version"] == "0.1.0"
+    assert ckpt["plugins"]["loss:patchnce"]["version"] == "0.2.0"
     # the heads were built for the generator's layers [0, 4, 7, 10, 14] of resnet_6blocks with ngf 8
     widths = [ckpt["nets"]["heads"][f"mlps.{i}.0.weight"].shape[1] for i in range(5)]
     assert widths == [3, 16, 32, 32, 32]
@@ -102,14 +102,14 @@ def test_export_onnx(cut_run, tmp_path):
                                      ["export", "{run}", "--out", "{out}/cut.onnx"]])
 def test_with_the_plugin_left_out_a_cut_run_names_the_distribution(cut_run, tmp_path, command):
     """IMG2IMG_LOAD_PLUGINS="" leaves the installed plugin out: the message says so, and names it.
-    (A plugin that is not installed at all gets `pip install img2img-cut==0.1.0`: tests/test_reliability.py.)"""
+    (A plugin that is not installed at all gets `pip install img2img-cut==0.2.0`: tests/test_reliability.py.)"""
     args = [c.format(inputs=cut_run.parent / "A", run=cut_run, out=tmp_path / "out") for c in command]
     env = {**os.environ, "IMG2IMG_LOAD_PLUGINS": ""}
     result = subprocess.run([sys.executable, "-m", "img2img", *args], capture_output=True, text=True, env=env,
                             timeout=120)
     output = " ".join((result.stdout + result.stderr).split())  # undo the terminal's line wrapping
     assert result.returncode == 1, output
-    assert "task 'cut' from img2img-cut 0.1.0" in output
+    assert "task 'cut' from img2img-cut 0.2.0" in output
     assert "installed but not loaded (IMG2IMG_LOAD_PLUGINS='')" in output and "not installed" not in output
     assert "Traceback" not in output
 

@@ -119,6 +119,22 @@ def test_init_data_replaces_the_data_folder(tmp_path, monkeypatch):
         init_pipeline("facades", tmp_path)
 
 
+def test_init_copy_comments_describe_the_copy(tmp_path, monkeypatch):
+    """The built-in's notes on where paths resolve and how to get the data are rewritten for the copy."""
+    monkeypatch.chdir(tmp_path)
+    init_pipeline("horse2zebra", tmp_path / "h.yaml", data="/srv/zebras")
+    text = (tmp_path / "h.yaml").read_text()
+    assert "against the current folder" not in text and "datasets download" not in text
+    assert "copy of the built-in pipeline 'horse2zebra'" in text and "Data folder: /srv/zebras" in text
+    init_pipeline("demo-cyclegan", tmp_path / "d.yaml", data="mine")
+    text = (tmp_path / "d.yaml").read_text()
+    assert "generated on first use into mine." in text and "demo-shapes" not in text
+    init_pipeline("horse2zebra", tmp_path / "plain.yaml")  # no --data: the download hint still holds
+    text = (tmp_path / "plain.yaml").read_text()
+    assert "img2img datasets download horse2zebra data" in text and "against the current folder" not in text
+    assert load_pipeline(tmp_path / "plain.yaml").data.a == tmp_path / "data" / "horse2zebra" / "trainA"
+
+
 class _Ships:
     """A throwaway plugin shipping pipelines; `names` maps a name to the file it registers."""
 

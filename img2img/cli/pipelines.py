@@ -66,5 +66,5 @@ def init(
                   highlight=False)
     for old, new in changes.items():
         where = "" if Path(new).is_absolute() else f" (relative to {escape(str(out))}'s folder)"
-        console.print(f"  data path {escape(old)} -> {escape(new)}{where}", highlight=False)
+        console.print(f"  data path {escape(old)} -> {escape(new)}{where}", highlight=False, soft_wrap=True)
     console.print(f"Edit it, then: img2img train {escape(str(out))}", highlight=False)

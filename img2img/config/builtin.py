@@ -210,6 +210,31 @@ def _scalar(value: str) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).splitlines()[0]
 
 
+_RESOLVE_NOTE = re.compile(r"^# Data paths resolve against the current folder.*\n(#[^\n]*copy's folder\.\n)?",
+                           re.MULTILINE)
+_GET_DATA = re.compile(r"^# Get the data with:.*\n", re.MULTILINE)
+
+
+def _copy_header(text: str, name: str, *, data: str | Path | None, common: str, changes: dict[str, str]) -> str:
+    """The built-in's leading comments, made true of the copy: where its paths resolve, where its data is."""
+    lines = text.splitlines(keepends=True)
+    n = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    header, body = "".join(lines[:n]), "".join(lines[n:])
+    header = _RESOLVE_NOTE.sub("", header)
+    if data is not None:
+        header = _GET_DATA.sub("", header)
+        if common:  # e.g. "generated on first use into ./data/demo-shapes"
+            header = re.sub(rf"(\./)?{re.escape(common)}\b", lambda m: str(data), header)
+    else:
+        for old, new in changes.items():
+            header = re.sub(rf"(\./)?{re.escape(old)}\b", lambda m, v=new: v, header)
+    note = (f"# A copy of the built-in pipeline '{name}' (`img2img pipelines init`): its relative data paths\n"
+            "# resolve against this file's folder.\n")
+    if data is not None:
+        note += f"# Data folder: {data}\n"
+    return note + header + body
+
+
 def init_pipeline(name: str, out: Path, *, data: str | Path | None = None, overwrite: bool = False) -> dict[str, str]:
     """Write the built-in pipeline `name` to `out` for editing; returns {old data path: new data path}.
 
@@ -252,6 +277,7 @@ def init_pipeline(name: str, out: Path, *, data: str | Path | None = None, overw
         if value in changes:
             pattern = re.compile(rf"^(\s*{key}:[ \t]*){re.escape(value)}([ \t]*(#.*)?)$", re.MULTILINE)
             text = pattern.sub(lambda m, v=changes[value]: m.group(1) + _scalar(v) + m.group(2), text)
+    text = _copy_header(text, name, data=data, common=common, changes=changes)
     copied = _data_paths(__import__("yaml").safe_load(text))
     if sorted({v for _, v in copied}) != sorted({changes.get(v, v) for v in values}):
         raise Img2ImgError(f"could not rewrite the data paths of '{name}' ({entry.path}); copy it with "

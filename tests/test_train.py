@@ -67,6 +67,22 @@ def test_resume_from_a_mid_window_checkpoint_keeps_log_averages(tiny_cyclegan, t
     assert rows(tmp_path / "crashed") == rows(tmp_path / "straight")
 
 
+def test_resume_after_a_run_that_ended_between_log_steps(tiny_cyclegan, tmp_path):
+    """Trained to step 3 with logs every 2 steps (a row at 3, made early), then resumed to 6: the early row
+    gives way to the uninterrupted run's rows; the finished run's own row at 3 stays while nothing follows."""
+    common = ["train.log_every=2", "train.sample_every=100", "train.checkpoint_every=100"]
+    train(tiny_cyclegan, out=tmp_path / "straight", overrides=common + ["train.max_steps=6"])
+    train(tiny_cyclegan, out=tmp_path / "split", overrides=common + ["train.max_steps=3"])
+    assert [r["step"] for r in rows(tmp_path / "split")] == [2, 3]
+    train(None, resume=tmp_path / "split", overrides=["train.max_steps=3"])  # nothing to do: the row stays
+    assert [r["step"] for r in rows(tmp_path / "split")] == [2, 3]
+    train(None, resume=tmp_path / "split", overrides=["train.max_steps=6"])
+    straight, split = rows(tmp_path / "straight"), rows(tmp_path / "split")
+    assert [r["step"] for r in split] == [2, 4, 6]
+    assert any(k.startswith("health/") for k in straight[-1])  # the health monitor's rows are compared too
+    assert split == straight
+
+
 def test_existing_run_folder_is_never_reused_silently(tiny_cyclegan, tmp_path):
     run = tmp_path / "run"
     train(tiny_cyclegan, out=run, overrides=["train.max_steps=1"])

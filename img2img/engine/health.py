@@ -184,11 +184,12 @@ class HealthMonitor:
     def records(self) -> Path:
         return self.run_dir / RECORD_FILE
 
-    def start(self, step: int) -> None:
-        """On resume, forget records written after the checkpoint: they will be written again."""
+    def start(self, step: int, *, inclusive: bool = True) -> None:
+        """On resume, forget records written after the checkpoint (or at it, when not `inclusive`):
+        they will be written again."""
         if self.main and self.enabled and self.records.exists():
             kept = [line for line in self.records.read_text(encoding="utf-8").splitlines()
-                    if _step_of(line) is not None and _step_of(line) <= step]
+                    if _step_of(line) is not None and (_step_of(line) < step or inclusive and _step_of(line) == step)]
             tmp = self.records.with_name(f".{RECORD_FILE}.tmp")  # a kill leaves the old file or the new one
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
             os.replace(tmp, self.records)

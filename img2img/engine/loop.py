@@ -85,6 +85,8 @@ class Trainer(TrainingState):
         self.window: dict[str, torch.Tensor] = {}
         self.window_count = 0
         self.window_time = 0.0
+        self.carried: dict | None = None  # a row logged before log_every: what a resumed run carries on from
+        self.resumed_mid_window = False
         self.best: dict | None = None
         self.bad_step = torch.tensor(-1, device=self.device)
         self.validator = None
@@ -222,8 +224,11 @@ class Trainer(TrainingState):
         self.validator = Validator.create(self) if self.dist.main else None
         if self.dist.main:
             self.write_run_files()
-            run_io.truncate_metrics(self.run.metrics, self.step)
-            self.health.start(self.step)  # training health: drop records after the checkpoint
+            # a row logged at the end of a run that stopped between log steps is logged again, whole, at the
+            # next log step of this one, as an uninterrupted run logs it (the checkpoint kept its window)
+            again = self.resumed_mid_window and total > self.step
+            run_io.truncate_metrics(self.run.metrics, self.step, drop_loss_row=again)
+            self.health.start(self.step, inclusive=not again)  # training health: drop records after the checkpoint
         progress = Progress(self.console, total, self.step, enabled=self.dist.main)
         per_step = self.task.scheduler_interval == "step"
         with self.stopper.installed(), progress:
@@ -232,6 +237,7 @@ class Trainer(TrainingState):
                 for batch in self.data.epoch(self.epoch, self.step_in_epoch):
                     skipped_before = self.task.skipped_updates
                     losses = self.task.train_step(batch)
+                    self.carried = None
                     self.step += 1
                     self.step_in_epoch += 1
                     if self.task.skipped_updates > skipped_before:
@@ -247,6 +253,8 @@ class Trainer(TrainingState):
                     if self.step % train.log_every == 0 or self.step == total:
                         if train.on_nan == "stop":
                             self.check_finite()
+                        if self.step % train.log_every:  # the last step, between log steps
+                            self.carried = self.carry_state(row_logged=True)
                         row = self._flush_window()
                         row.update(self.health.observe(row, self.fixed_batch))  # training health signals
                         self._write_row(row)

@@ -108,10 +108,15 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
     return rows, skipped
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop rows logged after `step` (the checkpoint) so every step is logged once."""
+def truncate_metrics(path: Path, step: int, *, drop_loss_row: bool = False) -> None:
+    """On resume, drop rows logged after `step` (the checkpoint) so every step is logged once.
+
+    `drop_loss_row` also drops the training row of `step` itself (a row logged early, at the end of a
+    run that stopped between log steps; the resumed run logs its steps again in the next row).
+    """
     if not Path(path).exists():
         return
     rows, _ = read_metrics(path)
-    kept = [row for row in rows if row["step"] <= step]
+    kept = [row for row in rows if row["step"] < step or row["step"] == step
+            and not (drop_loss_row and "seconds_per_step" in row)]
     atomic.write_text(path, "".join(json.dumps(jsonable(row), allow_nan=False) + "\n" for row in kept))

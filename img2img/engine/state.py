@@ -43,11 +43,24 @@ class TrainingState:
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "extra": task.extra_state(),
             "rng": rng_state(),
-            "window": {"sums": {k: v.cpu() for k, v in self.window.items()}, "count": self.window_count,
-                       "seconds": self.window_time},
+            **(self.carried or self.carry_state()),
             "best": self.best,
             "skipped_steps": self.skipped_steps,
-            "health": self.health.state_dict(),  # training health: its window, so resume diagnoses alike
+        }
+
+    def carry_state(self, row_logged: bool = False) -> dict:
+        """The log window and the health monitor's state: what the next log row is made from.
+
+        A row logged at a run's last step between two log steps is made early; the checkpoint of that
+        step keeps the state from before it (``carried``), so a resumed run logs the same rows as an
+        uninterrupted one and drops the early row.
+        """
+        import copy
+
+        return {
+            "window": {"sums": {k: v.cpu() for k, v in self.window.items()}, "count": self.window_count,
+                       "seconds": self.window_time, "row_logged": row_logged},
+            "health": copy.deepcopy(self.health.state_dict()),  # training health: its window, so resume diagnoses alike
         }
 
     def restore(self, ckpt: dict) -> None:
@@ -82,6 +95,7 @@ class TrainingState:
         self.window = {k: v.to(self.device) for k, v in (window.get("sums") or {}).items()}
         self.window_count = window.get("count", 0)
         self.window_time = window.get("seconds", 0.0)
+        self.resumed_mid_window = bool(window.get("row_logged")) and self.window_count > 0
         self.best = ckpt.get("best")
         self.skipped_steps = int(ckpt.get("skipped_steps") or 0)
         self.health.load_state_dict(ckpt.get("health"))  # training health

@@ -13,7 +13,8 @@ demand; and runs DDP over NCCL (two processes with two GPUs, else one process wi
 
 Each check is recorded, pass or fail, with its numbers, in OUT_DIR/device_check.json (also the last
 stdout line) and OUT_DIR/device_check.log; a failing check never stops the others. Without a CUDA
-device it exits 2 at once.
+device it exits 2 at once. ``--rehearse`` runs the same script on the CPU at toy sizes (gloo instead of
+NCCL, no CUDA tests), to check the script itself before device time is spent on it.
 """
 from __future__ import annotations
 
@@ -42,11 +43,18 @@ data:
     - RandomCrop: {{height: {size}, width: {size}}}
     - HorizontalFlip: {{p: 0.5}}
 train:
-  device: cuda
+  device: {device}
   log_every: 10
   sample_every: 100000
   checkpoint_every: 100000
 """
+
+
+REHEARSAL_MODEL = {  # toy networks for --rehearse, at 32 px
+    "cyclegan": "model: {generator: {ngf: 8}, discriminator: {ndf: 8}}\n",
+    "cut": "model: {generator: {ngf: 8}, discriminator: {ndf: 8}}\nnce: {num_patches: 32, head_units: 16}\n",
+    "pix2pix": "model: {generator: {name: unet, num_downs: 5, ngf: 8}, discriminator: {ndf: 8}}\n",
+}
 
 
 class Checks:
@@ -135,35 +143,43 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="fewer steps and modes")
+    ap.add_argument("--rehearse", action="store_true",
+                    help="run the script on the CPU at toy sizes, to check it before a GPU is used")
     args = ap.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to check here", file=sys.stderr)
+    rehearse = args.rehearse
+    device = "cpu" if rehearse else "cuda"
+    if not rehearse and not torch.cuda.is_available():
+        print("no CUDA device: nothing to check here (--rehearse runs the script on the CPU)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     checks = Checks(args.out)
     work = args.out / "work"
-    steps = 60 if args.quick else 150
-    checks.run("environment", environment)
-    checks.run("cuda tests", lambda: {"tail": checks.cmd([sys.executable, "-m", "pytest", "-q", "-p",
+    steps = 4 if rehearse else 60 if args.quick else 150
+    size = 32 if rehearse else 128
+    checks.run("environment", environment if not rehearse else lambda: {"torch": torch.__version__})
+    checks.run("cuda tests", lambda: {"skipped": "rehearsal"} if rehearse else lambda: {"tail": checks.cmd([sys.executable, "-m", "pytest", "-q", "-p",
                                                          "no:cacheprovider", "tests/test_cuda.py"],
                                                         600).stdout.strip().splitlines()[-1]})
-    data = make_data(work / "data", 128)
+    data = make_data(work / "data", size)
     yamls = {}
     for task, kind in (("cyclegan", "unpaired"), ("pix2pix", "paired"), ("cut", "unpaired")):
         a, b = data[kind]
         yamls[task] = work / f"{task}.yaml"
-        yamls[task].write_text(PIPELINE.format(task=task, a=a, b=b, size=128))
+        yamls[task].write_text(PIPELINE.format(task=task, a=a, b=b, size=size, device=device)
+                               + (REHEARSAL_MODEL[task] if rehearse else ""))
     modes = {"fp32": ["train.precision=fp32"], "bf16": ["train.precision=bf16-mixed"],
              "fp16": ["train.precision=fp16-mixed"],
              "bf16+cl": ["train.precision=bf16-mixed", "train.channels_last=true"],
              "fp16+cl": ["train.precision=fp16-mixed", "train.channels_last=true"],
              "bf16+cl+compile": ["train.precision=bf16-mixed", "train.channels_last=true", "train.compile=true"]}
     plan = {"cyclegan": list(modes), "pix2pix": ["fp32", "bf16+cl", "fp16"], "cut": ["fp32", "bf16+cl", "fp16"]}
-    if args.quick:
+    if args.quick or rehearse:
         plan = {"cyclegan": ["fp32", "bf16+cl", "fp16+cl", "bf16+cl+compile"], "pix2pix": ["bf16+cl"],
                 "cut": ["fp16"]}
+    if rehearse:  # compiling for the CPU takes minutes and says nothing about the GPU
+        plan["cyclegan"].remove("bf16+cl+compile")
     for task, names in plan.items():
         for name in names:
             checks.run(f"train {task} {name}", train, checks, yamls[task], work / f"run-{task}-{name}",
@@ -171,15 +187,26 @@ def main(argv: list[str] | None = None) -> int:
 
     def resume(task: str, settings: list[str]) -> dict:
         straight, resumed = work / f"straight-{task}", work / f"resumed-{task}"
-        train(checks, yamls[task], straight, 40, settings)
-        train(checks, yamls[task], resumed, 20, settings)
-        checks.cmd(img2img("train", "--resume", resumed, "--set", "train.max_steps=40"), 600)
+        total = 8 if rehearse else 40
+        train(checks, yamls[task], straight, total, settings)
+        train(checks, yamls[task], resumed, total // 2, settings)
+        checks.cmd(img2img("train", "--resume", resumed, "--set", f"train.max_steps={total}"), 600)
         keys = [k for k in rows(straight)[-1] if k not in ("seconds_per_step", "images_per_s")]
         a = [[r.get(k) for k in keys] for r in rows(straight)]
         b = [[r.get(k) for k in keys] for r in rows(resumed)]
-        if a != b:
-            raise RuntimeError(f"resumed rows differ from the straight run's: {a[-1]} vs {b[-1]}")
-        return {"rows": len(a)}
+        nets = [torch.load(run / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")["nets"]
+                for run in (straight, resumed)]
+        differ = [f"{net}.{name}" for net, state in nets[0].items() for name, t in state.items()
+                  if not torch.equal(t, nets[1][net][name])]
+        numbers = [(x, y) for ra, rb in zip(a, b) for x, y in zip(ra, rb) if isinstance(x, float)]
+        worst = max((abs(x - y) / max(abs(x), 1e-12) for x, y in numbers if isinstance(y, float)), default=0.0)
+        result = {"rows": len(a), "bit_identical": a == b and not differ, "tensors_differing": len(differ),
+                  "max_relative_difference": worst}
+        # on the CPU bit for bit; on a GPU (cuDNN autotuning, atomic adds) to rounding, as the docs say
+        if len(a) != len(b) or (worst > 2e-2 if not rehearse else not result["bit_identical"]):
+            raise RuntimeError(f"the resumed run differs from the straight one: rows {a[-1]} vs {b[-1]}; "
+                               f"{len(differ)} tensors differ, first {differ[:3]}")
+        return result
 
     checks.run("resume cyclegan bf16+cl", resume, "cyclegan", modes["bf16+cl"])
     checks.run("resume cut fp16", resume, "cut", modes["fp16"])
@@ -194,12 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     def translate() -> dict:
         from img2img.testing import write_images
 
-        write_images(work / "photos", 32, 256, seed=9)
+        write_images(work / "photos", 4 if rehearse else 32, 64 if rehearse else 256, seed=9)
         result = {}
         for precision in ("fp32", "bf16"):
             start = time.perf_counter()
             checks.cmd(img2img("translate", work / "photos", "--model", run, "--out", work / f"out-{precision}",
-                               "--device", "cuda", "--precision", precision, "--batch-size", "8", "--overwrite"), 600)
+                               "--device", device, "--precision", precision, "--batch-size", "8", "--overwrite"), 600)
             result[f"{precision}_command_seconds"] = round(time.perf_counter() - start, 2)
         onnx = checks.cmd(img2img("translate", work / "photos", "--model", work / "g.onnx", "--out",
                                   work / "out-onnx", "--overwrite"), 600)
@@ -209,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     checks.run("translate --device cuda", translate)
 
     def step_benchmark(batch: int, extra: list[str]) -> dict:
-        done = checks.cmd([sys.executable, "benchmarks/train_step.py", "--task", "cyclegan", "--device", "cuda",
-                           "--size", "256", "--batch", str(batch), "--steps", "20", "--warmup", "5",
-                           "--vs-reference", *extra], 900)
+        shape = ["--size", "64", "--steps", "2", "--warmup", "1"] if rehearse else \
+            ["--size", "256", "--steps", "20", "--warmup", "5"]
+        done = checks.cmd([sys.executable, "benchmarks/train_step.py", "--task", "cyclegan", "--device", device,
+                           *shape, "--batch", str(batch), "--vs-reference", *extra], 900)
         result = json.loads(done.stdout.strip().splitlines()[-1])
         result["horse2zebra_hours"] = round(result["seconds_per_step"] / batch * H2Z_STEPS / 3600, 2)
         return result
@@ -219,13 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     for batch in (1, 4):
         for label, extra in (("fp32", []), ("bf16+cl", ["--precision", "bf16-mixed", "--channels-last"]),
                              ("bf16+cl+compile", ["--precision", "bf16-mixed", "--channels-last", "--compile"])):
-            if args.quick and batch == 4 and label != "bf16+cl+compile":
+            if rehearse and "compile" in label or args.quick and batch == 4 and label != "bf16+cl+compile":
                 continue
             checks.run(f"step cyclegan 256 batch {batch} {label}", step_benchmark, batch, extra)
 
     def loader() -> dict:
-        done = checks.cmd([sys.executable, "benchmarks/dataloader.py", "--workers", "8", "--batches", "96",
-                           "--step-seconds", "0.017"], 600)
+        small = ["--workers", "1", "--batches", "4", "--images", "16"] if rehearse else ["--workers", "8",
+                                                                                          "--batches", "96"]
+        done = checks.cmd([sys.executable, "benchmarks/dataloader.py", *small, "--step-seconds", "0.017"], 600)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     checks.run("data loader vs a 17 ms step", loader)
@@ -233,15 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     def ddp() -> dict:
         gpus = torch.cuda.device_count()
         run_dir = work / "run-ddp"
-        if gpus >= 2:
+        if gpus >= 2 and not rehearse:
             checks.cmd([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         "-m", "img2img", "train", yamls["cyclegan"], "--out", run_dir, "--overwrite",
                         "--set", "train.max_steps=40"], 600)
             return {"processes": 2, "rows": len(rows(run_dir))}
         script = work / "ddp_one.py"
         script.write_text(DDP_ONE)
-        checks.cmd([sys.executable, script, yamls["cyclegan"], run_dir], 600)
-        return {"processes": 1, "backend": "nccl", "rows": len(rows(run_dir))}
+        backend = "gloo" if rehearse else "nccl"
+        checks.cmd([sys.executable, script, yamls["cyclegan"], run_dir, backend, device], 600)
+        return {"processes": 1, "backend": backend, "rows": len(rows(run_dir))}
 
     checks.run("ddp over nccl", ddp)
     summary = {name: r["ok"] for name, r in checks.results.items()}
@@ -251,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 DDP_ONE = '''
-"""One process, NCCL initialised, networks wrapped in DistributedDataParallel as under torchrun."""
+"""One process, NCCL (or gloo) initialised, networks wrapped in DistributedDataParallel as under torchrun."""
 import os
 import sys
 from pathlib import Path
@@ -264,7 +294,10 @@ from img2img.engine.train import RunFolder, Trainer, prepare_run_folder
 
 os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 os.environ.setdefault("MASTER_PORT", "29533")
-torch.distributed.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+backend, kind = sys.argv[3], sys.argv[4]
+device = torch.device(kind, 0) if kind == "cuda" else torch.device(kind)
+torch.distributed.init_process_group(backend, rank=0, world_size=1,
+                                     **({"device_id": device} if kind == "cuda" else {}))
 
 
 class OneRank(Dist):
@@ -275,7 +308,6 @@ class OneRank(Dist):
 
 pipeline = load_pipeline(sys.argv[1], ["train.max_steps=40"])
 run = prepare_run_folder(Path(sys.argv[2]), resume=False, overwrite=True)
-device = torch.device("cuda", 0)
 trainer = Trainer(pipeline, RunFolder(run.root), dist=OneRank(device=device), device=device)
 assert any(type(n).__name__ == "DistributedDataParallel" for n in trainer.task.nets.values())
 trainer.fit()

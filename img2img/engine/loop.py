@@ -100,6 +100,13 @@ class Trainer(TrainingState):
         if not task.optimizers:
             raise Img2ImgError(f"task '{self.pipeline.task}' built no optimizers; its build() must fill "
                                "self.optimizers")
+        hidden = [name for name in vars(task) if not name.startswith("_")
+                  and callable(getattr(Task, name, None)) and not isinstance(getattr(Task, name), type)]
+        if hidden:  # e.g. self.judge = self.nets["judge"]: the engine calls task.judge(direction, ...)
+            raise Img2ImgError(
+                f"task '{self.pipeline.task}' sets {', '.join(f'self.{n}' for n in hidden)}, which hides "
+                f"{', '.join(f'Task.{n}()' for n in hidden)} that the engine calls; rename the attribute "
+                "(e.g. keep networks in self.nets and read self.nets[key])")
         stale = stale_references(task)
         if stale:
             raise Img2ImgError(

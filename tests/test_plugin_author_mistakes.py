@@ -1,0 +1,109 @@
+"""Mistakes a plugin author makes on a first task, written from the documented contract only: each
+gets a clear error (exit 1, no traceback) before the first step instead of a broken run."""
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+from torch import nn
+from typer.testing import CliRunner
+
+import img2img
+from img2img.cli import app
+from img2img.config import DiscriminatorSpec, GeneratorSpec, PipelineBase, StrictModel
+from img2img.tasks import Task, unwrap
+from img2img.testing import registered, tiny_pipeline
+
+runner = CliRunner()
+
+
+class PainterModel(StrictModel):
+    painter: GeneratorSpec = GeneratorSpec(name="resnet_6blocks", ngf=4)
+    judge: DiscriminatorSpec = DiscriminatorSpec(name="patchgan", ndf=4, n_layers=1)
+
+
+class PainterPipeline(PipelineBase):
+    task: Literal["painter_judge", "painter_hides_judge", "painter_hides_translator"] = "painter_judge"
+    model: PainterModel = PainterModel()
+
+
+class PainterTask(Task):
+    """One direction, a generator called painter and a discriminator called judge."""
+    name = "painter_judge"
+    Pipeline = PainterPipeline
+    translator_nets = {"a2b": "painter"}
+    discriminators = {"a2b": "judge"}
+    adversarial_terms = {"a2b": ("fool", "spot")}
+
+    def build(self):
+        m = self.pipeline.model
+        self.nets["painter"] = self.registry.build("generator", m.painter.ref(), in_channels=3, out_channels=3)
+        self.nets["judge"] = self.registry.build("discriminator", m.judge.ref(), in_channels=3)
+        self.optimizers["paint"] = self.adam(self.nets["painter"].parameters(), "g")
+        self.optimizers["spot"] = self.adam(self.nets["judge"].parameters(), "d")
+
+    def build_translator(self, direction):
+        with self.plain_nets():
+            return self.build_net("generator", self.pipeline.model.painter, in_channels=3, out_channels=3)
+
+    def train_step(self, batch):
+        batch = self.to_device(batch)
+        fake = self.nets["painter"](batch["a"])
+        spot = (self.nets["judge"](fake.detach()) ** 2).mean() + ((self.nets["judge"](batch["b"]) - 1) ** 2).mean()
+        self.optimise(spot, self.optimizers["spot"])
+        fool = ((unwrap(self.nets["judge"])(fake) - 1) ** 2).mean()
+        self.optimise(fool, self.optimizers["paint"])
+        return {"fool": fool.detach(), "spot": spot.detach()}
+
+    def sample_columns(self, batch, translators):
+        return [batch["a"], translators["a2b"](batch["a"])]
+
+
+class HidesJudge(PainterTask):
+    """Keeps the discriminator as `self.judge`, which hides `Task.judge()` (training health calls it)."""
+    name = "painter_hides_judge"
+
+    def build(self):
+        super().build()
+        self.judge = self.nets["judge"]
+
+
+class HidesTranslator(PainterTask):
+    name = "painter_hides_translator"
+
+    def build(self):
+        super().build()
+        self.translator = self.nets["painter"]
+
+
+class Plugin:
+    @img2img.hookimpl
+    def register_tasks(self, register):
+        register("painter_judge", PainterTask)
+        register("painter_hides_judge", HidesJudge)
+        register("painter_hides_translator", HidesTranslator)
+
+
+@pytest.fixture
+def plugin():
+    with registered(Plugin(), name="painter-plugin"):
+        yield
+
+
+def test_the_correct_task_trains(plugin, tmp_path):
+    pipeline = tiny_pipeline(tmp_path, task="painter_judge")
+    result = runner.invoke(app, ["train", str(pipeline), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("task, attribute", [("painter_hides_judge", "judge"),
+                                             ("painter_hides_translator", "translator")])
+def test_an_attribute_hiding_a_task_method_is_refused_by_name(plugin, tmp_path, task, attribute):
+    pipeline = tiny_pipeline(tmp_path, task=task)
+    result = runner.invoke(app, ["train", str(pipeline), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    out = " ".join(result.output.split())
+    assert f"self.{attribute}" in out and f"Task.{attribute}()" in out and "rename" in out, out
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -23,7 +23,8 @@ class PainterModel(StrictModel):
 
 
 class PainterPipeline(PipelineBase):
-    task: Literal["painter_judge", "painter_hides_judge", "painter_hides_translator"] = "painter_judge"
+    task: Literal["painter_judge", "painter_hides_judge", "painter_hides_translator", "painter_no_builder",
+                  "painter_renamed_builder", "painter_stray_tensor", "painter_no_translator"] = "painter_judge"
     model: PainterModel = PainterModel()
 
 
@@ -76,12 +77,56 @@ class HidesTranslator(PainterTask):
         self.translator = self.nets["painter"]
 
 
+class NoBuilder(PainterTask):
+    """Its generator is model.painter, not model.generator, and it forgot build_translator()."""
+    name = "painter_no_builder"
+    build_translator = Task.build_translator
+
+
+class Renamed(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class RenamedBuilder(PainterTask):
+    """build_translator() wraps the painter, so its tensor names differ from translator()'s."""
+    name = "painter_renamed_builder"
+
+    def build_translator(self, direction):
+        return Renamed(super().build_translator(direction))
+
+
+class StrayTensor(PainterTask):
+    """translator() adds a layer that lives in none of self.nets: it would be neither trained nor saved."""
+    name = "painter_stray_tensor"
+
+    def translator(self, direction):
+        return nn.Sequential(self.nets["painter"], nn.Conv2d(3, 3, 1))
+
+    def build_translator(self, direction):
+        return nn.Sequential(super().build_translator(direction), nn.Conv2d(3, 3, 1))
+
+
+class NoTranslator(PainterTask):
+    name = "painter_no_translator"
+    translator_nets = {}
+    directions = ("a2b",)
+
+
 class Plugin:
     @img2img.hookimpl
     def register_tasks(self, register):
         register("painter_judge", PainterTask)
         register("painter_hides_judge", HidesJudge)
         register("painter_hides_translator", HidesTranslator)
+        register("painter_no_builder", NoBuilder)
+        register("painter_renamed_builder", RenamedBuilder)
+        register("painter_stray_tensor", StrayTensor)
+        register("painter_no_translator", NoTranslator)
 
 
 @pytest.fixture
@@ -106,4 +151,27 @@ def test_an_attribute_hiding_a_task_method_is_refused_by_name(plugin, tmp_path, 
     assert "Traceback" not in result.output
     out = " ".join(result.output.split())
     assert f"self.{attribute}" in out and f"Task.{attribute}()" in out and "rename" in out, out
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+@pytest.mark.parametrize("task, expected", [
+    ("painter_no_builder", ["task 'painter_no_builder' has no model.generator", "override build_translator"]),
+    ("painter_renamed_builder", ["build_translator('a2b') does not have the tensors of translator('a2b')",
+                                 "inner.model"]),
+    ("painter_stray_tensor", ["the a2b translator uses tensors that are in none of task.nets", "1.weight"]),
+    ("painter_no_translator", ["names no translator for a2b", "translator_nets"]),
+])
+def test_a_translator_that_breaks_the_contract_is_refused_before_the_first_step(plugin, tmp_path, task, expected,
+                                                                                  ema):
+    train = {"ema": ema} if ema else {}
+    pipeline = tiny_pipeline(tmp_path, task=task, train=train)
+    result = runner.invoke(app, ["train", str(pipeline), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a message, not an exception
+    out = " ".join(result.output.split())
+    assert "error:" in out and "Traceback" not in out, out
+    for text in expected:
+        assert text in out, out
+    assert "step 1/" not in out
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

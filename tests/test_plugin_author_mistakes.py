@@ -175,3 +175,35 @@ def test_a_translator_that_breaks_the_contract_is_refused_before_the_first_step(
         assert text in out, out
     assert "step 1/" not in out
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_the_smallest_task_of_plugins_readme_works_as_written(tmp_path):
+    """The snippet under "The smallest task" in plugins/README.md, executed as it is written."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "plugins" / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The smallest task", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {"__name__": "painter_snippet"}
+    exec(compile(code, "plugins/README.md", "exec", dont_inherit=True), namespace)
+
+    class Snippet:
+        @img2img.hookimpl
+        def register_tasks(self, register):
+            register("painter", namespace["PainterTask"])
+
+    with registered(Snippet(), name="painter-snippet"):
+        pipeline = tiny_pipeline(tmp_path, task="painter", model={"painter": {"name": "resnet_6blocks", "ngf": 4},
+                                                                   "judge": {"name": "patchgan", "ndf": 4}},
+                                 data={"val": {"a": str(tmp_path / "A"), "b": str(tmp_path / "B")}},
+                                 train={"val_every": 2, "ema": 0.9})
+        assert runner.invoke(app, ["validate", str(pipeline)]).exit_code == 0
+        bad = runner.invoke(app, ["validate", str(pipeline), "--set", "model.painter.ngf=0"])
+        assert bad.exit_code == 1 and "model.painter.ngf" in bad.output
+        result = runner.invoke(app, ["train", str(pipeline), "--out", str(tmp_path / "run")])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+        out = runner.invoke(app, ["translate", str(tmp_path / "A"), "--model", str(tmp_path / "run"),
+                                  "--out", str(tmp_path / "out")])
+        assert out.exit_code == 0, out.output
+        assert len(list((tmp_path / "out").glob("*.png"))) == len(list((tmp_path / "A").glob("*.png")))

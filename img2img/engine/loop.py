@@ -29,9 +29,9 @@ from img2img.engine.signals import EXIT_SIGINT, EXIT_SIGTERM, StopRequest, Train
 from img2img.engine.state import TrainingState
 from img2img.engine.translators import (
     TranslatorEMA,
+    check_translators,
     fresh_translator,
     plain_state,
-    translator_sources,
     written_for_generator,
 )
 from img2img.errors import Img2ImgError
@@ -77,7 +77,7 @@ class Trainer(TrainingState):
             torch.manual_seed(self.pipeline.seed + 1000 * self.dist.rank)
         self.data = self._make_data(task_cls)
         self.origins = component_origins(self.pipeline, registry)
-        self.sources = {d: translator_sources(self.task, d) for d in self.task.directions}
+        self.sources = check_translators(self.task)  # before the first step: a task bug is a message
         self.ema = TranslatorEMA(self.task, self.train.ema) if self.train.ema else None
         self._eval_translators: dict[str, nn.Module] | None = None
         self.step = self.epoch = self.step_in_epoch = 0
@@ -102,6 +102,13 @@ class Trainer(TrainingState):
         if not task.optimizers:
             raise Img2ImgError(f"task '{self.pipeline.task}' built no optimizers; its build() must fill "
                                "self.optimizers")
+        hidden = [name for name in vars(task) if not name.startswith("_")
+                  and callable(getattr(Task, name, None)) and not isinstance(getattr(Task, name), type)]
+        if hidden:  # e.g. self.judge = self.nets["judge"]: the engine calls task.judge(direction, ...)
+            raise Img2ImgError(
+                f"task '{self.pipeline.task}' sets {', '.join(f'self.{n}' for n in hidden)}, which hides "
+                f"{', '.join(f'Task.{n}()' for n in hidden)} that the engine calls; rename the attribute "
+                "(e.g. keep networks in self.nets and read self.nets[key])")
         stale = stale_references(task)
         if stale:
             raise Img2ImgError(

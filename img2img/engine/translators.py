@@ -12,6 +12,7 @@ import copy
 import torch
 from torch import nn
 
+from img2img.errors import Img2ImgError
 from img2img.tasks.base import Task, unwrap
 
 
@@ -24,9 +25,38 @@ def written_for_generator(task_cls: type) -> bool:
 def fresh_translator(task, direction: str) -> nn.Module:
     """A separate plain module for `direction` with the tensor names of ``translator(direction)``."""
     if written_for_generator(type(task)):
-        return copy.deepcopy(unwrap(task.translator(direction)))
+        return copy.deepcopy(unwrap(_contract(task.translator, direction)))
     with task.plain_nets():
-        return task.build_translator(direction).to(task.device)
+        return _contract(task.build_translator, direction).to(task.device)
+
+
+def _contract(method, direction: str) -> nn.Module:
+    """``task.translator(direction)`` or ``task.build_translator(direction)``; the NotImplementedError of a
+    task that implements neither (no ``translator_nets``, no ``model.generator``) is a message for its author."""
+    try:
+        return method(direction)
+    except NotImplementedError as exc:
+        raise Img2ImgError(str(exc) or f"{method.__qualname__}('{direction}') is not implemented") from None
+
+
+def check_translators(task) -> dict[str, dict[str, list[str]]]:
+    """Check, before the first step, that each direction's ``translator`` is made of tensors in
+    ``task.nets`` and that ``build_translator`` has the same tensor names; return `translator_sources`
+    per direction. A task that breaks this gets an `Img2ImgError` naming the method and the tensors."""
+    sources = {}
+    for direction in task.directions:
+        sources[direction] = translator_sources(task, direction)
+        if not written_for_generator(type(task)):
+            _check_names(task, direction, fresh_translator(task, direction).state_dict(keep_vars=True))
+    return sources
+
+
+def _check_names(task, direction: str, own: dict) -> None:
+    live = plain_state(_contract(task.translator, direction))
+    if set(own) != set(live):
+        raise Img2ImgError(f"task '{task.name}': build_translator('{direction}') does not have the tensors of "
+                           f"translator('{direction}') (differs in {', '.join(sorted(set(own) ^ set(live))[:5])}); "
+                           "the two must give modules with the same state-dict names")
 
 
 def plain_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -48,7 +78,7 @@ def plain_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
 def translator_sources(task, direction: str) -> dict[str, list[str]]:
     """``{translator tensor name: [net key, name inside that net]}`` for the translator of `direction`.
 
-    Raises RuntimeError (a task bug) for a tensor that lives in no net: it could not be checkpointed.
+    Raises `Img2ImgError` (a task bug) for a tensor that lives in no net: it could not be checkpointed.
     """
     owners: dict[int, tuple[str, str]] = {}
     for key, net in task.nets.items():
@@ -56,14 +86,14 @@ def translator_sources(task, direction: str) -> dict[str, list[str]]:
             owners.setdefault(id(tensor), (key, name))
     sources: dict[str, list[str]] = {}
     missing = []
-    for name, tensor in plain_state(task.translator(direction)).items():
+    for name, tensor in plain_state(_contract(task.translator, direction)).items():
         owner = owners.get(id(tensor))
         if owner is None:
             missing.append(name)
         else:
             sources[name] = list(owner)
     if missing:
-        raise RuntimeError(f"task '{task.name}': the {direction} translator uses tensors that are in none of "
+        raise Img2ImgError(f"task '{task.name}': the {direction} translator uses tensors that are in none of "
                            f"task.nets ({', '.join(missing[:5])}); build its parts into self.nets so they are "
                            "trained, checkpointed and restored")
     return sources
@@ -97,10 +127,7 @@ class TranslatorEMA:
             module = fresh_translator(task, direction)
             live = plain_state(task.translator(direction))
             own = module.state_dict(keep_vars=True)
-            if set(own) != set(live):
-                raise RuntimeError(f"task '{task.name}': build_translator('{direction}') does not have the tensors "
-                                   f"of translator('{direction}') (differs in "
-                                   f"{', '.join(sorted(set(own) ^ set(live))[:5])})")
+            _check_names(task, direction, own)
             module.requires_grad_(False).eval()
             self.modules[direction] = module
             self._pairs[direction] = [(own[name].data if isinstance(own[name], nn.Parameter) else own[name],

@@ -24,6 +24,7 @@ from torch import nn
 from img2img import atomic
 from img2img._version import __version__
 from img2img.engine.checkpoint import LoadedGenerator, load_generator
+from img2img.engine.checkpoint import size_multiple as multiple_of
 from img2img.errors import Img2ImgError, first_line
 from img2img.inference.normstats import apply_norm_stats, check_norm_stats
 from img2img.inference.tiling import SizeAdapter
@@ -342,18 +343,33 @@ def load_safetensors_generator(path: Path) -> LoadedGenerator:
     spec = dict(info["generator"])
     registry = get_registry()
     name = spec.get("name")
-    if not registry.has("generator", name):
+    pipeline = pipeline_from_dict(info["pipeline"])
+    task_cls = registry.get("task", pipeline.task).factory
+    if _builds_own_translator(task_cls):  # e.g. decoder_b(encoder_a(x)), or a generator not at model.generator
+        module = task_cls.for_inference(pipeline, device="cpu").build_translator(info["direction"])
+        name = f"{pipeline.task} translator"
+    elif not registry.has("generator", name):
         raise Img2ImgError(f"{path} needs the generator '{name}', which no installed plugin provides; "
                            "install the plugin it was trained with")
-    module = registry.build("generator", spec, in_channels=int(info["in_channels"]),
-                            out_channels=int(info["out_channels"]))
+    else:
+        module = registry.build("generator", spec, in_channels=int(info["in_channels"]),
+                                out_channels=int(info["out_channels"]))
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise Img2ImgError(f"{path} does not fit generator '{name}' with {spec}: {first_line(exc)}") from None
+        raise Img2ImgError(f"{path} does not fit {name} with {spec}: {first_line(exc)}") from None
     module.eval()
     return LoadedGenerator(module=module.float(), direction=info["direction"], in_channels=int(info["in_channels"]),
                            out_channels=int(info["out_channels"]),
-                           size_multiple=int(getattr(module, "size_multiple", info.get("size_multiple", 1))),
-                           pipeline=pipeline_from_dict(info["pipeline"]), ema=bool(info.get("ema")),
-                           checkpoint=path)
+                           size_multiple=multiple_of(module) if multiple_of(module) > 1
+                           else int(info.get("size_multiple", 1)),
+                           pipeline=pipeline, ema=bool(info.get("ema")), checkpoint=path)
+
+
+def _builds_own_translator(task_cls: type) -> bool:
+    """The task overrides ``build_translator`` (and is not an img2img 0.1 task): rebuild through it, as a
+    checkpoint is, rather than through ``model.generator``."""
+    from img2img.engine.translators import written_for_generator
+    from img2img.tasks.base import Task
+
+    return task_cls.build_translator is not Task.build_translator and not written_for_generator(task_cls)

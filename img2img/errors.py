@@ -28,6 +28,11 @@ class PipelineError(Img2ImgError):
         super().__init__("\n".join(text))
 
 
+class PeerFailed(Img2ImgError):
+    """This process of a torchrun job stops because another one failed and said why; printed once, by
+    that process, so this one exits 1 quietly."""
+
+
 class PluginError(Img2ImgError):
     """A plugin that broke the contract (raised only where it cannot be isolated)."""
 

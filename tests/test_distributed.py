@@ -129,3 +129,52 @@ def test_a_killed_worker_ends_the_job(tiny_cyclegan, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+IMG2IMG = [sys.executable, "-m", "img2img"]
+
+
+def test_nproc_reports_a_pipeline_error_once_without_a_traceback(tiny_cyclegan, tmp_path):
+    """`train --nproc 2` with data that is not there: rank 0's message once, the others stop quietly, exit 1."""
+    result = run_cmd(IMG2IMG + ["train", str(tiny_cyclegan), "--nproc", "2", "--out", str(tmp_path / "run"),
+                                "--set", "data.a=nowhere"], tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and "ChildFailedError" not in output, output[-3000:]
+    assert "data.a" in output and "nowhere" in output, output[-3000:]  # (each rank that found it says so)
+    assert "stopped (exit code 1); the reason is printed above" in output, output[-3000:]
+
+
+def test_nproc_reports_rank_0_error_once(tiny_cyclegan, tmp_path):
+    """An error only rank 0 can see (it prepares the run folder): said once, the other rank stops quietly."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "keep.txt").write_text("user data")
+    result = run_cmd(IMG2IMG + ["train", str(tiny_cyclegan), "--nproc", "2", "--out", str(tmp_path / "photos"),
+                                "--overwrite"], tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert output.count("is not an img2img run folder") == 1, output[-3000:]
+    assert (tmp_path / "photos" / "keep.txt").read_text() == "user data"
+
+
+def test_nproc_ctrl_c_stops_every_process_once_and_resumes(tiny_cyclegan, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(IMG2IMG + ["train", str(tiny_cyclegan), "--nproc", "2", "--out", str(run),
+                                       "--set", "train.max_steps=100000", "--set", "train.log_every=1"],
+                            cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "metrics.jsonl").exists():
+            time.sleep(0.5)
+        assert (run / "metrics.jsonl").exists(), "training never started"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and output.count("SIGINT: stopped after step") == 1, output[-3000:]
+    step = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    resumed = run_cmd(IMG2IMG + ["train", "--resume", str(run), "--set", f"train.max_steps={step + 1}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]

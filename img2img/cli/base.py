@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 from typing import Any, Callable
 
 import typer
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from img2img._version import __version__
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, PeerFailed
 
 console = Console()
 err_console = Console(stderr=True)
@@ -42,8 +43,11 @@ def report_user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except TrainingStopped as stop:
-            print_message(str(stop), style="yellow")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops alike; rank 0 says so
+                print_message(str(stop), style="yellow")
             raise typer.Exit(stop.code) from None
+        except PeerFailed:  # another process of the torchrun job printed the error
+            raise typer.Exit(1) from None
         except Img2ImgError as exc:
             print_message(str(exc), prefix="error:")
             raise typer.Exit(1) from None

@@ -15,7 +15,7 @@ from img2img.engine.distributed import Dist, pick_device, setup_distributed
 from img2img.engine.loop import Trainer, total_steps
 from img2img.engine.run import RunFolder, prepare_run_folder
 from img2img.engine.signals import EXIT_SIGINT, EXIT_SIGTERM, StopRequest, TrainingStopped
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, PeerFailed
 from img2img.tasks.base import reference_decay as lr_factor
 
 __all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "Dist", "RunFolder", "StopRequest", "Trainer", "TrainingStopped",
@@ -50,14 +50,30 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
     timeout = float(os.environ.get("IMG2IMG_DIST_TIMEOUT", "300"))
     dist, device = setup_distributed(pipeline.train.device, timeout)
     try:
+        failure = None
         if dist.main and resume_state is None:  # only rank 0 touches the run folder and the demo data
-            _ensure_synth(pipeline, console)
-            run = prepare_run_folder(run.root, resume=False, overwrite=overwrite)
-        dist.barrier()
+            try:
+                _ensure_synth(pipeline, console)
+                run = prepare_run_folder(run.root, resume=False, overwrite=overwrite)
+            except Img2ImgError as exc:
+                failure = exc
+        if dist.agree(failure is not None):  # every rank stops; rank 0 says why, once
+            raise failure if failure is not None else PeerFailed("rank 0 could not prepare the run")
         return _fit(pipeline, run, dist, device, console, resume_state)
+    except RuntimeError as exc:
+        if dist.enabled and _peer_gone(exc):  # another rank failed and printed its reason
+            raise PeerFailed(f"rank {dist.rank}: another process of this job stopped") from exc
+        raise
     finally:
         if dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _peer_gone(exc: RuntimeError) -> bool:
+    """The error a collective raises in a process whose peer has exited (gloo, NCCL)."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    return isinstance(exc, dist_error) or any(text in str(exc) for text in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted"))
 
 
 def _fit(pipeline, run, dist, device, console, resume_state) -> Path:

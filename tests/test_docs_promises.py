@@ -264,6 +264,18 @@ def test_validate_show_writes_pure_yaml_to_stdout(tiny_cyclegan):
     assert result.stderr.lstrip().startswith("ok")
 
 
+def test_validate_warns_about_data_train_would_not_find(tiny_cyclegan, tmp_path):
+    """Valid but not trainable yet: `validate` says so (exit 0) with the key, the folder and what to do."""
+    result = invoke("validate", tiny_cyclegan, "--set", f"data.b={tmp_path / 'nowhere'}",
+                    "--set", f"data.test_a={tmp_path / 'elsewhere'}")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "data.b: the folder" in warnings[0] and "nowhere" in warnings[0]
+    assert "`img2img train` needs it" in warnings[0]  # (data.test_a is read by `evaluate --data` only)
+    clean = invoke("validate", tiny_cyclegan)
+    assert clean.exit_code == 0 and "warning:" not in clean.output
+
+
 def test_overlap_without_tile_is_refused(translate_run, tmp_path):
     write_images(tmp_path / "in", 1, 24)
     user_error(invoke("translate", tmp_path / "in", "--model", translate_run, "--out", tmp_path / "out",

@@ -83,7 +83,7 @@ def validate(
     import yaml
 
     from img2img.config import dump_pipeline, load_pipeline
-    from img2img.engine.validation import check_ready, describe
+    from img2img.engine.validation import check_ready, data_notes, describe
 
     p = load_pipeline(pipeline, set_ or [])
     check_ready(p, str(pipeline))  # the validation extractor and its weights, before any training
@@ -103,5 +103,7 @@ def validate(
         parts.append(f"validation {scored}")
     (err_console if show else console).print(f"[green]ok[/] {escape(str(pipeline))}: " + escape(", ".join(parts)),
                                              highlight=False)
+    for note in data_notes(p):  # valid, but not trainable here yet: say what train would say
+        print_message(f"{note} (`img2img train` needs it)", prefix="warning:")
 
 

@@ -45,6 +45,30 @@ def check_ready(pipeline, source: str | None = None) -> None:
         raise PipelineError(problems, source)
 
 
+def data_notes(pipeline) -> list[str]:
+    """What `img2img train` would find wrong with the folders it reads (missing, empty, a file), each
+    naming its key; nothing for folders ``data.synthesize`` makes on first use. (``test_*`` are read by
+    `img2img evaluate --data` only.)"""
+    from img2img.config.schema import PATH_FIELDS
+    from img2img.data.folders import list_images
+
+    data = pipeline.data
+    if data.synthesize:
+        return []
+    named = [(f"data.{key}", getattr(data, key, None)) for key in PATH_FIELDS if not key.startswith("test_")]
+    if data.val is not None:
+        named += [(f"data.val.{key}", getattr(data.val, key, None)) for key in ("a", "b", "pairs")]
+    notes = []
+    for key, folder in named:
+        if folder is None:
+            continue
+        try:
+            list_images(folder, key)
+        except Img2ImgError as exc:
+            notes.append(str(exc))
+    return notes
+
+
 def describe(pipeline) -> str | None:
     """``kid (random_conv)``: the metric that picks best.pt and its extractor, or None without data.val."""
     from img2img.registry import get_registry

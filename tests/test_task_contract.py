@@ -130,6 +130,12 @@ def test_translator_made_of_two_networks(contract, tmp_path):
     result = invoke("export", straight, "--direction", "b2a", "--out", tmp_path / "unit.onnx")
     assert result.exit_code == 0, result.output
 
+    # the server's model list names the translator's class when the pipeline names no generator
+    from img2img.inference.serve.models import ModelTable
+
+    served = ModelTable.from_args([f"unit={straight}"], device="cpu").load().models["unit"]
+    assert served.info["generator"] == type(unwrap(raw.module)).__name__ and set(served.translators) == {"a2b", "b2a"}
+
 
 def test_a_task_may_replace_the_schedule(contract, tmp_path):
     path = pipeline(tmp_path, "painter-steps", lr=0.001)

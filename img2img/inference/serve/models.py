@@ -206,6 +206,9 @@ def load_model(spec: ModelSpec, *, device: str = "auto", precision: str = "fp32"
             else:
                 info, directions, ema = _checkpoint_info(spec.path, use_ema)
             translators = {d: Translator.load(spec.path, d, use_ema=use_ema, **options) for d in directions}
+            if info.get("generator") is None:  # a task that builds its own translator: name its class, as export does
+                module = getattr(next(iter(translators.values())).backend, "module", None)
+                info["generator"] = type(module).__name__ if module is not None else None
     except Img2ImgError as exc:
         raise Img2ImgError(f"model '{spec.name}' ({spec.path}): {exc}") from None
     return ServedModel(name=spec.name, path=spec.path, kind=kind, info=info, translators=translators, ema=ema,

@@ -36,7 +36,7 @@ class ImageFormat(str, Enum):
 @report_user_errors
 def translate(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
-    model: Path = typer.Option(..., "--model", "-m", help="Run folder, checkpoint (.pt) or exported .onnx file."),
+    model: Path = typer.Option(..., "--model", "-m", help="Run folder, checkpoint (.pt), or an exported .onnx or .safetensors file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (mirrors the input's relative paths)."),
     direction: Direction = typer.Option(Direction.a2b, "--direction", "-d", help="a2b or b2a."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per batch (equal sizes batch together)."),
@@ -83,7 +83,7 @@ class ExportFormat(str, Enum):
 @app.command()
 @report_user_errors
 def export(
-    model: Path = typer.Argument(..., help="Run folder or checkpoint (.pt)."),
+    model: Path = typer.Argument(..., help="Run folder, checkpoint (.pt) or .safetensors export."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx, or .safetensors with --format)."),
     direction: Direction = typer.Option(Direction.a2b, "--direction", "-d", help="a2b or b2a."),
     opset: int = typer.Option(18, "--opset", min=17, help="ONNX opset."),

@@ -1,0 +1,118 @@
+"""The mistakes a newcomer makes while following README.md and docs/*.md literally: each is refused with
+one message that names the file or key and says what to do (exit 1, no traceback), and nothing the user
+already had is touched.
+
+Everything runs in-process through typer's CliRunner, on tiny runs and images the tests make.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import torch
+from reference_networks import ResnetGenerator, randomise
+from typer.testing import CliRunner
+
+from img2img.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def user_error(result, *needles: str) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), f"escaped: {result.exception!r}\n{result.output}"
+    assert "Traceback" not in result.output
+    out = " ".join(result.output.split())
+    for needle in needles:
+        assert needle in out, f"{needle!r} not in:\n{result.output}"
+    return out
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# -- export (README "Deploy", docs/deploy.md): an export never replaces the model it reads ---------------
+
+def test_export_into_the_runs_checkpoints_is_refused_and_the_checkpoint_kept(translate_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(translate_run, run)
+    before = digest(run / "checkpoints" / "last.pt")
+    user_error(invoke("export", run, "--out", run / "checkpoints" / "last.pt"),
+               "is inside the checkpoints folder of the run being exported", "generator.onnx")
+    user_error(invoke("export", run / "checkpoints" / "last.pt", "--out", run / "checkpoints" / "g.onnx"),
+               "checkpoints folder")
+    assert digest(run / "checkpoints" / "last.pt") == before
+    assert not (run / "checkpoints" / "g.onnx").exists()
+    # beside the checkpoints (the run folder itself) is fine
+    assert invoke("export", run, "--out", run / "g.onnx", "--no-check").exit_code == 0
+
+
+def test_export_named_like_a_checkpoint_is_refused(translate_run, tmp_path):
+    for name in ("g.pt", "g.pth"):
+        user_error(invoke("export", translate_run, "--out", tmp_path / name), "the name of a checkpoint",
+                   str(tmp_path / "g.onnx"))
+        assert not (tmp_path / name).exists()
+
+
+def test_export_onto_its_own_safetensors_file_is_refused(translate_run, tmp_path):
+    source = tmp_path / "g.safetensors"
+    assert invoke("export", translate_run, "--out", source, "--format", "safetensors").exit_code == 0
+    before = digest(source)
+    user_error(invoke("export", source, "--out", source, "--format", "safetensors"), "is the model being exported")
+    assert digest(source) == before
+
+
+# -- train (never write into an input folder) ---------------------------------------------------------
+
+def test_train_refuses_a_run_folder_inside_a_data_folder(tiny_cyclegan):
+    data_a = tiny_cyclegan.parent / "A"
+    before = listing(data_a)
+    user_error(invoke("train", tiny_cyclegan, "--out", data_a / "run"), "is inside data.a", str(data_a),
+               "never writes into an input folder", "Choose an --out outside it")
+    assert listing(data_a) == before
+
+
+def test_train_refuses_a_run_folder_inside_a_validation_folder(tiny_cyclegan, tmp_path):
+    from img2img.testing import write_images
+
+    val = write_images(tmp_path / "val", 2, 40)[0].parent
+    user_error(invoke("train", tiny_cyclegan, "--set", f"data.val.a={val}", "--out", val / "sub" / "run"),
+               "is inside data.val.a")
+    assert not (val / "sub").exists()
+
+
+# -- import (docs/import.md: "--resume refuses the run (there is no optimiser state)") ---------------------
+
+def test_resuming_an_imported_run_says_it_has_no_optimiser_state(tmp_path):
+    weights = tmp_path / "latest_net_G_A.pth"
+    torch.save(randomise(ResnetGenerator(3, 3, 4, "instance", False, 6), seed=0).state_dict(), weights)
+    run = tmp_path / "imported"
+    assert invoke("import", "reference", weights, "--out", run).exit_code == 0
+    before = listing(run)
+    out = user_error(invoke("train", "--resume", run), "holds translators only", "no optimiser state",
+                     "img2img import reference")
+    assert "does not exist" not in out  # not the placeholder data folders of the imported pipeline
+    assert listing(run) == before
+
+
+# -- serve (docs/serve.md: "--device, --precision ... as for img2img translate") ------------------------
+
+def test_serve_takes_the_precision_names_translate_takes(tmp_path):
+    # the models load before the server listens, so a missing model stops it: the flag itself was accepted
+    for name in ("auto", "bf16-mixed", "fp16"):
+        user_error(invoke("serve", tmp_path / "missing", "--precision", name), "no such run folder or file")
+
+
+def test_serve_names_a_precision_it_does_not_know(translate_run):
+    user_error(invoke("serve", translate_run, "--precision", "fp8", "--device", "cpu"),
+               "--precision 'fp8'", "auto")

@@ -116,3 +116,28 @@ def test_serve_takes_the_precision_names_translate_takes(tmp_path):
 def test_serve_names_a_precision_it_does_not_know(translate_run):
     user_error(invoke("serve", translate_run, "--precision", "fp8", "--device", "cpu"),
                "--precision 'fp8'", "auto")
+
+
+# -- what a failed command leaves behind ---------------------------------------------------------------
+
+def test_train_that_stops_on_a_missing_data_folder_leaves_no_empty_run_folder(tiny_cyclegan, tmp_path):
+    run = tmp_path / "runs" / "x"
+    user_error(invoke("train", tiny_cyclegan, "--set", f"data.a={tmp_path / 'nope'}", "--out", run),
+               "data.a: the folder", "does not exist")
+    assert not run.exists()
+    (run / "keep").mkdir(parents=True)  # a folder that was there before is never removed
+    (run / "keep").rmdir()
+    user_error(invoke("train", tiny_cyclegan, "--set", f"data.a={tmp_path / 'nope'}", "--out", run), "does not exist")
+    assert run.is_dir()
+
+
+def test_a_failed_download_leaves_no_empty_folder(tmp_path):
+    import pytest
+
+    from img2img.datasets import synth
+    from img2img.errors import Img2ImgError
+
+    out = tmp_path / "data"
+    with pytest.raises(Img2ImgError):
+        synth.download("horse2zebra", out, url=(tmp_path / "gone.zip").as_uri(), progress=False)
+    assert not out.exists()

@@ -55,12 +55,17 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
         refuse_run_in_data(pipeline, run.root)
     timeout = float(os.environ.get("IMG2IMG_DIST_TIMEOUT", "300"))
     dist, device = setup_distributed(pipeline.train.device, timeout)
+    new_folder = resume_state is None and not run.root.exists()
     try:
         if dist.main and resume_state is None:  # only rank 0 touches the run folder and the demo data
             _ensure_synth(pipeline, console)
             run = prepare_run_folder(run.root, resume=False, overwrite=overwrite)
         dist.barrier()
         return _fit(pipeline, run, dist, device, console, resume_state)
+    except Img2ImgError:
+        if new_folder and dist.main and run.root.is_dir() and not any(run.root.iterdir()):
+            run.root.rmdir()  # stopped before writing anything (e.g. a missing data folder): leave no empty run
+        raise
     finally:
         if dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -141,3 +141,19 @@ def test_a_failed_download_leaves_no_empty_folder(tmp_path):
     with pytest.raises(Img2ImgError):
         synth.download("horse2zebra", out, url=(tmp_path / "gone.zip").as_uri(), progress=False)
     assert not out.exists()
+
+
+# -- README: "`img2img validate PIPELINE --show` prints the resolved pipeline ...; the run folder keeps that
+#    as `pipeline.yaml`" -----------------------------------------------------------------------------------
+
+def test_validate_show_is_what_the_run_folder_keeps(tiny_cyclegan, tmp_path):
+    import yaml
+
+    sets = ["--set", f"data.val.a={tmp_path / 'A'}", "--set", "train.max_steps=1"]
+    shown = invoke("validate", tiny_cyclegan, *sets, "--show")
+    assert shown.exit_code == 0, shown.output
+    resolved = yaml.safe_load(shown.stdout)
+    assert resolved["train"]["val_metric"] == "cycle_l1"  # the task's default, filled in as training does
+    trained = invoke("train", tiny_cyclegan, *sets, "--out", tmp_path / "run")
+    assert trained.exit_code == 0, trained.output
+    assert yaml.safe_load((tmp_path / "run" / "pipeline.yaml").read_text()) == resolved

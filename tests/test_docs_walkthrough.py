@@ -157,3 +157,20 @@ def test_validate_show_is_what_the_run_folder_keeps(tiny_cyclegan, tmp_path):
     trained = invoke("train", tiny_cyclegan, *sets, "--out", tmp_path / "run")
     assert trained.exit_code == 0, trained.output
     assert yaml.safe_load((tmp_path / "run" / "pipeline.yaml").read_text()) == resolved
+
+
+# -- docs/troubleshooting.md, exit codes: a value outside an option's range is bad usage (2); a name checked
+#    when the command runs is a problem reported with the values that work (1) ------------------------------
+
+def test_out_of_range_values_are_usage_errors_and_unknown_names_list_the_choices(translate_run, tmp_path):
+    from img2img.testing import write_images
+
+    src = write_images(tmp_path / "in", 1, 32)[0].parent
+    for flag, value in (("--resize", "0"), ("--max-pixels", "0"), ("--batch-size", "0")):
+        result = invoke("translate", src, "--model", translate_run, "--out", tmp_path / "out", flag, value)
+        assert result.exit_code == 2 and flag in result.output, result.output
+    for flag, value, choices in (("--device", "tpu", "cpu"), ("--precision", "fp8", "bf16"),
+                                 ("--tile-norm", "foo", "global")):
+        user_error(invoke("translate", src, "--model", translate_run, "--out", tmp_path / "out", flag, value),
+                   f"{flag} '{value}'", choices)
+    assert not (tmp_path / "out").exists()

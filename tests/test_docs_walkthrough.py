@@ -174,3 +174,19 @@ def test_out_of_range_values_are_usage_errors_and_unknown_names_list_the_choices
         user_error(invoke("translate", src, "--model", translate_run, "--out", tmp_path / "out", flag, value),
                    f"{flag} '{value}'", choices)
     assert not (tmp_path / "out").exists()
+
+
+# -- evaluate (docs/evaluation.md `--csv FILE`): never written into the folders it scores -------------------
+
+def test_evaluate_csv_inside_a_scored_folder_is_refused(tmp_path):
+    from img2img.testing import write_images
+
+    pred = write_images(tmp_path / "pred", 2, 24, seed=1)[0].parent
+    target = write_images(tmp_path / "target", 2, 24, seed=2)[0].parent
+    before = listing(pred), listing(target)
+    user_error(invoke("evaluate", pred, target, "--csv", pred / "scores.csv"), "inside the prediction folder",
+               "never writes into an input folder")
+    user_error(invoke("evaluate", pred, target, "--csv", target / "x" / "scores.csv"), "inside the target folder")
+    assert (listing(pred), listing(target)) == before
+    assert invoke("evaluate", pred, target, "--csv", tmp_path / "scores.csv").exit_code == 0
+    assert (tmp_path / "scores.csv").is_file()

@@ -56,6 +56,11 @@ def evaluate(
         pred_dir, target_dir = _translate_test_split(model, data, direction.value, pred_dir)
     if pred_dir is None or target_dir is None:
         raise Img2ImgError("give PRED_DIR and TARGET_DIR, or --model RUN --data PIPELINE")
+    if csv_path is not None:
+        for label, folder in (("prediction", pred_dir), ("target", target_dir)):
+            if csv_path.resolve().is_relative_to(folder.resolve()):
+                raise Img2ImgError(f"--csv {csv_path} is inside the {label} folder {folder}; img2img never writes into "
+                                   "an input folder. Write the CSV elsewhere")
     names = [x.strip() for x in metrics.split(",") if x.strip()]
     result = m.evaluate_folders(pred_dir, target_dir, names, extractor=extractor, feature_weights=feature_weights,
                                 resize_protocol=resize_protocol.value, channels=channels, device=device,

@@ -36,7 +36,8 @@ class ImageFormat(str, Enum):
 @report_user_errors
 def translate(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
-    model: Path = typer.Option(..., "--model", "-m", help="Run folder, checkpoint (.pt) or exported .onnx file."),
+    model: Path = typer.Option(..., "--model", "-m",
+                               help="Run folder, checkpoint (.pt), or an exported .onnx or .safetensors file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (mirrors the input's relative paths)."),
     direction: Direction = typer.Option(Direction.a2b, "--direction", "-d", help="a2b or b2a."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per batch (equal sizes batch together)."),
@@ -50,13 +51,14 @@ def translate(
     overlap: Optional[int] = typer.Option(None, "--overlap", min=0,
                                           help="Pixels shared by neighbouring tiles, blended (default 32 with "
                                                "--tile, 64 when --max-pixels tiles)."),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels",
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1,
                                              help="Tile automatically above this many pixels per image."),
     tile_norm: str = typer.Option("auto", "--tile-norm",
                                   help="Instance-norm statistics for tiles: auto (per image, whichever errs less), "
                                        "global (from a downscaled whole image) or local (each tile its own)."),
     fmt: Optional[ImageFormat] = typer.Option(None, "--format", help="Output format (default: keep the input's)."),
-    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the shorter side to N before translating."),
+    resize: Optional[int] = typer.Option(None, "--resize", min=1,
+                                         help="Resize the shorter side to N before translating."),
     keep_depth: bool = typer.Option(False, "--keep-depth", help="Write 16-bit output for 16-bit input."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input could not be translated."),
@@ -83,7 +85,7 @@ class ExportFormat(str, Enum):
 @app.command()
 @report_user_errors
 def export(
-    model: Path = typer.Argument(..., help="Run folder or checkpoint (.pt)."),
+    model: Path = typer.Argument(..., help="Run folder, checkpoint (.pt) or .safetensors export."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx, or .safetensors with --format)."),
     direction: Direction = typer.Option(Direction.a2b, "--direction", "-d", help="a2b or b2a."),
     opset: int = typer.Option(18, "--opset", min=17, help="ONNX opset."),

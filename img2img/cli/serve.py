@@ -7,7 +7,6 @@ from typing import List, Optional
 import typer
 
 from img2img.cli.base import app, console, report_user_errors
-from img2img.cli.inference import Precision
 
 
 class LogLevel(str, Enum):
@@ -27,7 +26,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 opens it to the network."),
     port: int = typer.Option(8000, "--port", help="TCP port (0 picks a free one)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
-    precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32, bf16 or fp16 (torch models)."),
+    precision: str = typer.Option("fp32", "--precision",
+                                  help="fp32, bf16, fp16 (bf16-mixed and fp16-mixed too) or auto: bf16 only where "
+                                       "this machine runs it faster (torch models), as for translate."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most requests of one size run together."),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", min=0,
                                         help="How long a request waits for others to batch with."),
@@ -52,7 +53,7 @@ def serve(
 
     settings = ServeSettings(max_pixels=max_pixels, max_body_bytes=int(max_body_mb * 2**20), queue_size=queue_size,
                              batch_wait_ms=batch_wait_ms)
-    run_server(models, host=host, port=port, device=device, precision=precision.value, use_ema=not no_ema,
+    run_server(models, host=host, port=port, device=device, precision=precision, use_ema=not no_ema,
                max_batch=max_batch, tiling=TileOptions(tile=tile, overlap=overlap, tile_norm=tile_norm,
                                                        tile_above=tile_above),
                settings=settings, log_level=log_level.value, access_log=not no_access_log, console=console)

@@ -88,6 +88,11 @@ def validate(
     p = load_pipeline(pipeline, set_ or [])
     check_ready(p, str(pipeline))  # the validation extractor and its weights, before any training
     if show:  # stdout is the YAML alone (`--show > resolved.yaml`); the summary goes to stderr
+        if p.data.val is not None and p.train.val_metric is None:  # as training records it in pipeline.yaml
+            from img2img.registry import get_registry
+            from img2img.tasks.validation import effective_metric
+
+            p.train.val_metric = effective_metric(get_registry().get("task", p.task).factory, p)
         sys.stdout.write(yaml.safe_dump(dump_pipeline(p), sort_keys=False, width=float("inf")))
         sys.stdout.flush()
     model = getattr(p, "model", None)

@@ -259,6 +259,7 @@ def download(name: str, out: Path, *, kind: str | None = None, url: str | None =
     if (target / _MARKER[kind]).is_dir():
         return target
     source = url or DOWNLOADS[name][kind]
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     fd, part_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=out)
     part = Path(part_name)
@@ -268,6 +269,8 @@ def download(name: str, out: Path, *, kind: str | None = None, url: str | None =
         extract_archive(part, out)
     finally:
         part.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):  # a failed download leaves no empty folder behind
+            out.rmdir()
     if not target.is_dir():
         raise Img2ImgError(
             f"the archive from {source} did not contain a '{name}' folder; look inside {out} for what it held"

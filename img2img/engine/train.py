@@ -33,6 +33,11 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
     if resume is not None:
         resume_state = ckpt_io.load_checkpoint(resume)
         ckpt_path = Path(resume_state["path"])
+        if resume_state.get("resumable") is False:  # e.g. `img2img import`: translators, no optimisers, no data
+            source = resume_state.get("source") or {}
+            kind = source.get("importer") or source.get("kind") or "imported"
+            raise Img2ImgError(f"{ckpt_path} holds translators only ({kind}); it has no optimiser state to continue. "
+                               "Translate, export or serve it; to train, start a new run from a pipeline")
         run_root = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
         if out is not None and Path(out).resolve() != run_root.resolve():
             raise Img2ImgError(f"--out {out} differs from the run being resumed ({run_root}); drop --out")
@@ -47,8 +52,10 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
             raise Img2ImgError("give a pipeline file, or --resume RUN_DIR")
         pipeline = load_pipeline(pipeline_path, overrides)
         run = RunFolder(Path(out) if out else Path("runs") / pipeline.name)
+        refuse_run_in_data(pipeline, run.root)
     timeout = float(os.environ.get("IMG2IMG_DIST_TIMEOUT", "300"))
     dist, device = setup_distributed(pipeline.train.device, timeout)
+    new_folder = resume_state is None and not run.root.exists()
     try:
         failure = None
         if dist.main and resume_state is None:  # only rank 0 touches the run folder and the demo data
@@ -64,6 +71,10 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
         if dist.enabled and _peer_gone(exc):  # another rank failed and printed its reason
             raise PeerFailed(f"rank {dist.rank}: another process of this job stopped") from exc
         raise
+    except Img2ImgError:
+        if new_folder and dist.main and run.root.is_dir() and not any(run.root.iterdir()):
+            run.root.rmdir()  # stopped before writing anything (e.g. a missing data folder): leave no empty run
+        raise
     finally:
         if dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -74,6 +85,28 @@ def _peer_gone(exc: RuntimeError) -> bool:
     dist_error = getattr(torch.distributed, "DistError", ())
     return isinstance(exc, dist_error) or any(text in str(exc) for text in (
         "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted"))
+
+
+def data_folders(data, prefix: str = "data") -> list[tuple[str, Path]]:
+    """Every folder a pipeline's ``data`` section reads, with its dotted path (``data.val.a`` too)."""
+    found: list[tuple[str, Path]] = []
+    for name in type(data).model_fields:
+        value = getattr(data, name)
+        if isinstance(value, Path):
+            found.append((f"{prefix}.{name}", value))
+        elif hasattr(type(value), "model_fields"):
+            found += data_folders(value, f"{prefix}.{name}")
+    return found
+
+
+def refuse_run_in_data(pipeline: PipelineBase, root: Path) -> None:
+    """A run folder inside a data folder would put its samples (PNG files) among the training images."""
+    target = Path(root).expanduser().resolve()
+    for where, folder in data_folders(pipeline.data):
+        folder = folder.expanduser().resolve()
+        if target == folder or target.is_relative_to(folder):
+            raise Img2ImgError(f"--out {root} is inside {where} ({folder}); img2img never writes into an input "
+                               "folder (the sample images it writes would be read as data). Choose an --out outside it")
 
 
 def _fit(pipeline, run, dist, device, console, resume_state) -> Path:

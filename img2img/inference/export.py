@@ -78,6 +78,7 @@ def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, h
         raise Img2ImgError(f"--out {out} ends in .safetensors; add --format safetensors or name it .onnx")
     if fmt == "safetensors" and out.suffix.lower() == ".onnx":
         raise Img2ImgError(f"--out {out} ends in .onnx but --format is safetensors; name it .safetensors")
+    _refuse_overwriting_the_model(Path(model), out, fmt)
     check_norm_stats(norm_stats)
     if fmt == "safetensors" and norm_stats != "running":
         raise Img2ImgError("--norm-stats batch applies to ONNX export; a safetensors file holds the weights only "
@@ -91,6 +92,24 @@ def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, h
     return export_generator(loaded.module, out, in_channels=loaded.in_channels, out_channels=loaded.out_channels,
                             size_multiple=loaded.size_multiple, metadata=metadata, opset=opset,
                             half=half, check=check, console=console)
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def _refuse_overwriting_the_model(model: Path, out: Path, fmt: str) -> None:
+    """An export never replaces the model it reads nor lands among a run's checkpoints, and is never
+    named like a checkpoint (`--out runs/x/checkpoints/last.pt` would have replaced the run's weights)."""
+    target = out.resolve()
+    if model.is_file() and target == model.resolve():
+        raise Img2ImgError(f"--out {out} is the model being exported ({model}); choose another file name")
+    run = model if model.is_dir() else (model.parent.parent if model.parent.name == "checkpoints" else None)
+    if run is not None and target.is_relative_to((run / "checkpoints").resolve()):
+        raise Img2ImgError(f"--out {out} is inside the checkpoints folder of the run being exported ({run}); "
+                           f"write the export elsewhere, e.g. {run / ('generator.' + fmt)}")
+    if out.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise Img2ImgError(f"--out {out} ends in {out.suffix}, the name of a checkpoint; an export is a .{fmt} file: "
+                           f"name it e.g. {out.with_suffix('.' + fmt)}")
 
 
 def _generator_spec(loaded: LoadedGenerator) -> dict[str, Any]:

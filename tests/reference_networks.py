@@ -21,11 +21,13 @@ def norm_layer_for(norm: str):
         return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
     if norm == "instance":
         return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    if norm == "none":  # no normalisation: identity layers, and convolutions without biases
+        return lambda channels: nn.Identity()
     raise ValueError(norm)
 
 
 def _uses_bias(norm_layer) -> bool:
-    return norm_layer.func == nn.InstanceNorm2d
+    return getattr(norm_layer, "func", None) == nn.InstanceNorm2d
 
 
 class ResnetBlock(nn.Module):

@@ -186,6 +186,37 @@ def test_cyclegan_pair_imports_both_directions_into_one_run(tmp_path):
                                                                      "latest_net_G_B.pth": "b2a"}
 
 
+def test_generators_between_gray_and_colour_import_and_translate(tmp_path):
+    """G_A 1 -> 3 and G_B 3 -> 1 into one cyclegan run, and a CUT 1 -> 3: the imported pipelines turn off
+    the training terms that feed one domain's images to the other's generator (identity loss, NCE identity),
+    as the originals must have been trained, so they validate and translate."""
+    import yaml
+
+    nets = {"a2b": randomise(ResnetGenerator(1, 3, 4, "instance", False, 6), seed=8).eval(),
+            "b2a": randomise(ResnetGenerator(3, 1, 4, "instance", False, 6), seed=9).eval()}
+    torch.save(nets["a2b"].state_dict(), tmp_path / "latest_net_G_A.pth")
+    torch.save(nets["b2a"].state_dict(), tmp_path / "latest_net_G_B.pth")
+    cut = randomise(ResnetGenerator(1, 3, 4, "instance", False, 6, antialias=True), seed=10).eval()
+    torch.save(cut.state_dict(), tmp_path / "latest_net_G.pth")
+    images = {"a": photo(37, 58, seed=11, channels=1), "b": photo(37, 58, seed=12)}
+    for domain, image in images.items():
+        (tmp_path / domain).mkdir()
+        Image.fromarray(image).save(tmp_path / domain / "p.png")
+    invoke("import", "reference", tmp_path / "latest_net_G_A.pth", tmp_path / "latest_net_G_B.pth",
+           "--out", tmp_path / "pair")
+    invoke("import", "cut", tmp_path / "latest_net_G.pth", "--out", tmp_path / "cut")
+    pair = yaml.safe_load((tmp_path / "pair" / "pipeline.yaml").read_text())
+    assert pair["data"]["channels"] == {"a": 1, "b": 3} and pair["losses"]["identity"]["weight"] == 0
+    assert yaml.safe_load((tmp_path / "cut" / "pipeline.yaml").read_text())["nce"]["identity"] is False
+    for run, direction, domain, net in (("pair", "a2b", "a", nets["a2b"]), ("pair", "b2a", "b", nets["b2a"]),
+                                        ("cut", "a2b", "a", cut)):
+        out = tmp_path / f"out-{run}-{direction}"
+        invoke("translate", tmp_path / domain, "--model", tmp_path / run, "--out", out, "--direction", direction)
+        expected = reference_output(net, images[domain], 4)
+        got = read_png(out / "p.png")
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= 1 / 255, (run, direction)
+
+
 @pytest.fixture(scope="module")
 def tiling_case(tmp_path_factory):
     """Two imported resnet_6blocks runs (instance and batch norm, weights as smooth as a trained model's)

@@ -50,6 +50,36 @@ def test_a_discriminator_is_not_a_generator(tmp_path):
     assert "discriminator" in text
 
 
+def test_a_truncated_file_is_named_as_truncated(files, tmp_path):
+    """Both serialisations: a zip archive missing its end, and the old format ending early."""
+    state = torch.load(files / "latest_net_G_A.pth", weights_only=True)
+    for name, legacy in (("cut_net_G.pth", False), ("cut_legacy_net_G.pth", True)):
+        torch.save(state, tmp_path / name, _use_new_zipfile_serialization=not legacy)
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) * 2 // 3])
+        text = fails("reference", tmp_path / name, out=tmp_path / "run")
+        assert f"{name} is truncated ({len(data) * 2 // 3} bytes" in text and "complete file" in text
+
+
+def test_a_training_state_names_the_entry_that_holds_the_generator(files, tmp_path):
+    state = torch.load(files / "latest_net_G_A.pth", weights_only=True)
+    torch.save({"epoch": 3, "netG_A": state, "optimizer_G": {"state": {}, "param_groups": [{"lr": 2e-4}]}},
+               tmp_path / "train_state.pth")
+    text = fails("reference", tmp_path / "train_state.pth", out=tmp_path / "run")
+    assert "train_state.pth is not a generator checkpoint" in text and "epoch (int)" in text
+    assert "entry 'netG_A' holds a state dict" in text and "['netG_A'], 'latest_net_G.pth')" in text
+
+
+@pytest.mark.parametrize("build", [lambda: ResnetGenerator(3, 3, 4, "none", False, 6),
+                                   lambda: UnetGenerator(3, 3, 6, 4, "none", False)], ids=["resnet", "unet"])
+def test_a_generator_without_normalisation_is_named(build, tmp_path):
+    """The reference's --norm none: no norm layers and no convolution biases, which img2img cannot hold."""
+    torch.save(randomise(build(), seed=4).state_dict(), tmp_path / "latest_net_G.pth")
+    text = fails("reference", tmp_path / "latest_net_G.pth", out=tmp_path / "run")
+    assert "latest_net_G.pth is a generator built with the reference's --norm none" in text
+    assert "without a bias" in text and "cannot be imported" in text
+
+
 def test_pickled_objects_are_refused_and_never_run(tmp_path):
     marker = tmp_path / "ran"
 

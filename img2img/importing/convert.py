@@ -89,6 +89,11 @@ def convert(state: StateFile, flags: Flags, *, channels: tuple[int | None, int |
     from img2img.tasks.base import _weights_left_uninitialised
 
     detected = detect(state.tensors, state.name)
+    if detected.norm == "none":
+        raise Img2ImgError(f"{state.path} is a generator built with the reference's --norm none "
+                           f"({detected.evidence['norm']}): no normalisation layers and convolutions without "
+                           "biases, which img2img's generators (instance or batch norm) cannot represent; it "
+                           "cannot be imported")
     spec, notes = generator_spec(detected, flags)
     cin = channels[0] or detected.in_channels or 3
     cout = channels[1] or detected.out_channels or 3

@@ -104,6 +104,7 @@ class Detected:
     ngf: int | None = None
     norm: str | None = None
     dropout: bool | None = None  # None: the keys cannot tell (U-Net)
+    # norm: batch, instance, none (the reference's --norm none: no norm layers, convolutions without biases)
     in_channels: int | None = None
     out_channels: int | None = None
     antialias: bool = False
@@ -172,6 +173,8 @@ def _detect_resnet(tensors: dict[str, torch.Tensor], source: str) -> Detected:
         found.norm, found.evidence["norm"] = "batch", "model.2.weight (a batch-norm scale)"
     elif "model.1.bias" in tensors:
         found.norm, found.evidence["norm"] = "instance", "model.1.bias without model.2.weight"
+    elif stem is not None:
+        found.norm, found.evidence["norm"] = "none", "model.1.weight without a bias and no model.2.weight"
     convs = sorted(int(m.group(1)) for k, t in tensors.items()
                    if (m := re.match(rf"model\.{blocks[0]}\.conv_block\.(\d+)\.weight$", k)) and t.dim() == 4)
     if convs in ([1, 5], [1, 6]):
@@ -204,6 +207,8 @@ def _detect_unet(tensors: dict[str, torch.Tensor], source: str) -> Detected:
         found.norm, found.evidence["norm"] = "batch", f"{inner_norm} (a batch-norm scale)"
     elif "model.model.0.bias" in tensors:
         found.norm, found.evidence["norm"] = "instance", "model.model.0.bias (convolutions before instance norm)"
+    elif stem is not None:
+        found.norm, found.evidence["norm"] = "none", f"model.model.0.weight without a bias and no {inner_norm}"
     head = _shape(tensors, "model.model.3.weight")
     if head is not None and len(head) == 4:
         found.out_channels = head[1]

@@ -189,6 +189,11 @@ def import_checkpoints(kind: str, files: list[Path], out: Path, *, arch: str | N
     raw = {"task": task, "name": _run_name(name, out),
            "data": {"a": f"{placeholder}/A", "b": f"{placeholder}/B", "channels": {"a": ch_a, "b": ch_b}},
            "model": {"generator": dict(spec)}}
+    if ch_a != ch_b:  # the terms that translate the other domain's images need equal channels, as in the originals
+        if task == "cyclegan":
+            raw["losses"] = {"identity": {"name": "l1", "weight": 0.0}}
+        elif task == "cut":
+            raw["nce"] = {"identity": False}
     pipeline = validate_pipeline(raw, source=f"the pipeline for {', '.join(str(f) for f in files)}")
     source = {
         "importer": f"img2img import {kind}", "img2img_version": __version__, "origin": ORIGINS[kind],

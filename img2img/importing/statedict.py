@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,9 @@ def read_state_file(path: Path) -> StateFile:
     except Exception as exc:  # the zip and pickle readers fail in many ways on a file of another kind
         detail = first_line(exc).split(". ")[0] if isinstance(exc, (RuntimeError, OSError, ValueError, EOFError)) \
             else "not a file torch.save wrote"
+        if _looks_truncated(path, exc):
+            raise Img2ImgError(f"{path} is truncated ({size} bytes, its end is missing: {detail}); it was cut off "
+                               "while saving, downloading or copying. Get the complete file again.") from None
         raise Img2ImgError(f"{path} is not a PyTorch checkpoint that torch.load can read ({detail}); give the "
                            "generator's latest_net_G*.pth file") from None
     tensors, nested = _tensors_of(obj, path)
@@ -83,6 +87,18 @@ def read_state_file(path: Path) -> StateFile:
         state.prefix_stripped = MODULE_PREFIX
         state.notes.append("removed the 'module.' prefix of a DataParallel model")
     return state
+
+
+def _looks_truncated(path: Path, exc: Exception) -> bool:
+    """A zip checkpoint (torch >= 1.6) without its central directory, or an old-format one that ends early."""
+    if isinstance(exc, EOFError) or "unexpected EOF" in str(exc) or "Ran out of input" in str(exc):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
 def _tensors_of(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -101,8 +117,16 @@ def _tensors_of(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if not obj:
         raise Img2ImgError(f"{path} holds an empty mapping, not a generator's weights")
     others = [f"{k} ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, torch.Tensor)][:3]
+    inner = [str(k) for k, v in obj.items()
+             if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())]
+    hint = ""
+    if inner:  # e.g. a training state {"netG_A": ..., "optimizer_G": ..., "epoch": ...}
+        hint = (f" Its entr{'y' if len(inner) == 1 else 'ies'} {', '.join(repr(k) for k in inner[:4])} "
+                f"{'holds a state dict' if len(inner) == 1 else 'hold state dicts'}; save the generator's alone and import that: "
+                f"torch.save(torch.load({str(path)!r})[{inner[0]!r}], 'latest_net_G.pth').")
     raise Img2ImgError(f"{path} is not a generator checkpoint: besides tensors it holds {', '.join(others)}; "
-                       "give the file that torch.save(net.state_dict()) wrote for the generator (latest_net_G*.pth)")
+                       "give the file that torch.save(net.state_dict()) wrote for the generator "
+                       f"(latest_net_G*.pth).{hint}")
 
 
 def _refused(path: Path, exc: pickle.UnpicklingError) -> Img2ImgError:

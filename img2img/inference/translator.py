@@ -96,7 +96,7 @@ class Translator:
             notes = apply_norm_stats(loaded, norm_stats)
             backend = TorchBackend.from_loaded(loaded, device, precision, channels_last)
         backend.notes += notes
-        if norm_stats == "batch":
+        if norm_stats == "batch" and not notes:  # a note: the generator has no batch norm to act on
             backend.label += ", batch-norm on image statistics"
         return cls(backend, **options)
 

@@ -16,6 +16,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+IMG2IMG = [sys.executable, "-m", "img2img"]
 
 
 def env() -> dict:
@@ -110,17 +111,24 @@ def read_rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_killed_worker_ends_the_job(tiny_cyclegan, tmp_path):
-    run = tmp_path / "run"
-    proc = subprocess.Popen(TORCHRUN + ["-m", "img2img", "train", str(tiny_cyclegan), "--out", str(run),
-                                        "--set", "train.max_steps=100000", "--set", "train.log_every=1"],
-                            cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def start_training(launcher: list[str], pipeline: Path, run: Path, cwd: Path, *extra: str) -> subprocess.Popen:
+    """A long training in its own process group, returned once it has logged its first row."""
+    proc = subprocess.Popen(launcher + ["train", str(pipeline), "--out", str(run), "--set", "train.max_steps=100000",
+                                        "--set", "train.log_every=1", *extra],
+                            cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.5)
+    if not (run / "metrics.jsonl").exists():
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("training never started")
+    return proc
+
+
+def test_a_killed_worker_ends_the_job(tiny_cyclegan, tmp_path):
+    proc = start_training(TORCHRUN + ["-m", "img2img"], tiny_cyclegan, tmp_path / "run", tmp_path)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (run / "metrics.jsonl").exists():
-            time.sleep(0.5)
-        assert (run / "metrics.jsonl").exists(), "training never started"
         workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(workers) == 2
         os.kill(int(workers[-1]), signal.SIGKILL)
@@ -129,9 +137,6 @@ def test_a_killed_worker_ends_the_job(tiny_cyclegan, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-IMG2IMG = [sys.executable, "-m", "img2img"]
 
 
 def test_nproc_reports_a_pipeline_error_once_without_a_traceback(tiny_cyclegan, tmp_path):
@@ -159,15 +164,8 @@ def test_nproc_reports_rank_0_error_once(tiny_cyclegan, tmp_path):
 
 def test_nproc_ctrl_c_stops_every_process_once_and_resumes(tiny_cyclegan, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(IMG2IMG + ["train", str(tiny_cyclegan), "--nproc", "2", "--out", str(run),
-                                       "--set", "train.max_steps=100000", "--set", "train.log_every=1"],
-                            cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = start_training(IMG2IMG, tiny_cyclegan, run, tmp_path, "--nproc", "2")
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (run / "metrics.jsonl").exists():
-            time.sleep(0.5)
-        assert (run / "metrics.jsonl").exists(), "training never started"
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
         output, _ = proc.communicate(timeout=120)
     finally:

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_support import flat, user_error
 from PIL import Image
 from typer.testing import CliRunner
 
 from img2img.cli import app
 from img2img.errors import Img2ImgError
-
 from img2img.testing import write_images
 
 runner = CliRunner()
@@ -28,21 +28,6 @@ runner = CliRunner()
 
 def invoke(*args, env: dict | None = None):
     return runner.invoke(app, [str(a) for a in args], env=env)
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def user_error(result, *needles: str) -> str:
-    """Exit 1 through the user-error path, no traceback, every needle in the message."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), f"escaped: {result.exception!r}\n{result.output}"
-    assert "Traceback" not in result.output
-    out = flat(result.output)
-    for needle in needles:
-        assert flat(needle) in out, f"{needle!r} not in:\n{result.output}"
-    return out
 
 
 # -- disk full while translating (troubleshooting.md: "disk full ... exit code 1") ------------------

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from cli_support import user_error
 from reference_networks import ResnetGenerator, randomise
 from typer.testing import CliRunner
 
@@ -21,16 +22,6 @@ runner = CliRunner()
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def user_error(result, *needles: str) -> str:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), f"escaped: {result.exception!r}\n{result.output}"
-    assert "Traceback" not in result.output
-    out = " ".join(result.output.split())
-    for needle in needles:
-        assert needle in out, f"{needle!r} not in:\n{result.output}"
-    return out
 
 
 def digest(path: Path) -> str:

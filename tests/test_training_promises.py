@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_support import flat, user_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,20 +30,6 @@ QUIET = ["--set", "train.sample_every=1000"]
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def user_error(result, *needles: str) -> str:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), f"escaped: {result.exception!r}\n{result.output}"
-    assert "Traceback" not in result.output
-    out = flat(result.output)
-    for needle in needles:
-        assert flat(needle) in out, f"{needle!r} not in:\n{result.output}"
-    return out
 
 
 @pytest.fixture
@@ -259,8 +246,8 @@ def test_val_pairs_validate_a_paired_run(tiny_pix2pix, tmp_path):
     val_rows = [r for r in rows(run) if "val_psnr" in r]
     assert [r["step"] for r in val_rows] == [2, 4] and {"val_l1", "val_ssim"} <= set(val_rows[0])
     assert (run / "checkpoints" / "best.pt").is_file()
-    from img2img.engine.validation import load_val_images
     from img2img.config import load_pipeline
+    from img2img.engine.validation import load_val_images
 
     p = load_pipeline(tiny_pix2pix, [f"data.val.pairs={pairs}"])
     images = load_val_images(p, paired=True)

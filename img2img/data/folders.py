@@ -9,6 +9,18 @@ from img2img.data.images import IMAGE_EXTENSIONS, _extensions_text
 from img2img.errors import Img2ImgError
 
 
+def data_folders(data, prefix: str = "data") -> list[tuple[str, Path]]:
+    """Every folder a pipeline's ``data`` section reads, with its dotted path (``data.val.a`` too)."""
+    found: list[tuple[str, Path]] = []
+    for name in type(data).model_fields:
+        value = getattr(data, name)
+        if isinstance(value, Path):
+            found.append((f"{prefix}.{name}", value))
+        elif hasattr(type(value), "model_fields"):
+            found += data_folders(value, f"{prefix}.{name}")
+    return found
+
+
 def list_images(folder: Path, yaml_path: str | None = None) -> list[Path]:
     """Every image under ``folder`` (recursive, hidden files skipped), sorted by relative path."""
     folder = Path(folder)

@@ -9,12 +9,23 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from img2img.config import PipelineBase, apply_overrides, dump_pipeline, validate_pipeline
+from img2img.config import (
+    PipelineBase,
+    apply_overrides,
+    dump_pipeline,
+    validate_pipeline,
+)
+from img2img.data.folders import data_folders
 from img2img.engine import checkpoint as ckpt_io
 from img2img.engine.distributed import Dist, pick_device, setup_distributed
 from img2img.engine.loop import Trainer, total_steps
 from img2img.engine.run import RunFolder, prepare_run_folder
-from img2img.engine.signals import EXIT_SIGINT, EXIT_SIGTERM, StopRequest, TrainingStopped
+from img2img.engine.signals import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    StopRequest,
+    TrainingStopped,
+)
 from img2img.errors import Img2ImgError, PeerFailed
 from img2img.tasks.base import reference_decay as lr_factor
 
@@ -85,18 +96,6 @@ def _peer_gone(exc: RuntimeError) -> bool:
     dist_error = getattr(torch.distributed, "DistError", ())
     return isinstance(exc, dist_error) or any(text in str(exc) for text in (
         "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted"))
-
-
-def data_folders(data, prefix: str = "data") -> list[tuple[str, Path]]:
-    """Every folder a pipeline's ``data`` section reads, with its dotted path (``data.val.a`` too)."""
-    found: list[tuple[str, Path]] = []
-    for name in type(data).model_fields:
-        value = getattr(data, name)
-        if isinstance(value, Path):
-            found.append((f"{prefix}.{name}", value))
-        elif hasattr(type(value), "model_fields"):
-            found += data_folders(value, f"{prefix}.{name}")
-    return found
 
 
 def refuse_run_in_data(pipeline: PipelineBase, root: Path) -> None:

@@ -49,18 +49,13 @@ def data_notes(pipeline) -> list[str]:
     """What `img2img train` would find wrong with the folders it reads (missing, empty, a file), each
     naming its key; nothing for folders ``data.synthesize`` makes on first use. (``test_*`` are read by
     `img2img evaluate --data` only.)"""
-    from img2img.config.schema import PATH_FIELDS
-    from img2img.data.folders import list_images
+    from img2img.data.folders import data_folders, list_images
 
-    data = pipeline.data
-    if data.synthesize:
+    if pipeline.data.synthesize:
         return []
-    named = [(f"data.{key}", getattr(data, key, None)) for key in PATH_FIELDS if not key.startswith("test_")]
-    if data.val is not None:
-        named += [(f"data.val.{key}", getattr(data.val, key, None)) for key in ("a", "b", "pairs")]
     notes = []
-    for key, folder in named:
-        if folder is None:
+    for key, folder in data_folders(pipeline.data):
+        if key.startswith("data.test_"):
             continue
         try:
             list_images(folder, key)

@@ -1,6 +1,7 @@
 """`img2img translate` and `img2img export`."""
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -64,9 +65,17 @@ def translate(
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input could not be translated."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the trained generator, not its EMA."),
     norm_stats: Optional[NormStats] = typer.Option(None, "--norm-stats", help=NORM_STATS_HELP),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1,
+                                        help="Translate on N processes on this machine (runs torchrun; the "
+                                             "processes share the inputs). See docs/distributed.md."),
 ) -> None:
     """Translate images or folders; every output has exactly its input's size."""
     from img2img.inference.translator import translate_inputs
+
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from img2img.cli.torchrun import exec_torchrun
+
+        exec_torchrun(nproc, "translation", ended="ended")
 
     report = translate_inputs(
         inputs, model=model, out=out, direction=direction.value, batch_size=batch_size, device=device,

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from img2img.cli.base import SetOption, app, console, err_console, print_message, report_user_errors, usage_error
+from img2img.cli.torchrun import exec_torchrun
 
 
 @app.command()
@@ -31,46 +32,8 @@ def train(
         raise usage_error("Missing argument PIPELINE: give a pipeline file or built-in pipeline name (see "
                           "`img2img pipelines`), or --resume RUN_DIR")
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
-        _exec_torchrun(nproc)
+        exec_torchrun(nproc, "training")
     engine.train(pipeline, overrides=set_ or [], out=out, resume=resume, overwrite=overwrite, console=console)
-
-def _exec_torchrun(nproc: int) -> None:
-    """Re-run this command under torchrun (single node); torchrun sets WORLD_SIZE for the workers."""
-    args = [a for a in sys.argv[1:]]
-    cleaned, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        cleaned.append(a)
-    import logging
-    import signal
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    # the workers say what happened; the launcher's own log lines would only repeat it
-    for name in ("torch.distributed.elastic.multiprocessing.api", "torch.distributed.elastic.agent.server.api"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:  # torchrun in this process: a worker's failure is its own message (printed), not a launcher traceback
-        run(get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "img2img",
-                                          *cleaned]))
-    except SignalException as exc:  # Ctrl-C / SIGTERM: the workers checkpointed and said so
-        raise typer.Exit(130 if exc.sigval == signal.SIGINT else 143) from None
-    except ChildFailedError as exc:
-        codes = sorted({failure.exitcode for failure in exc.failures.values() if failure.exitcode > 0}) or [1]
-        code = codes[0]  # (the others were stopped by the launcher: negative, a signal)
-        if code not in (130, 143):  # a stopped training said so already
-            print_message(f"the training on {nproc} processes stopped (exit code {', '.join(map(str, codes))}); "
-                          "the reason is printed above.", prefix="error:")
-        raise typer.Exit(code) from None
-    raise typer.Exit(0)
 
 @app.command()
 @report_user_errors

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from img2img import atomic
 from img2img.data.folders import list_images
 from img2img.data.images import IMAGE_EXTENSIONS, ImageReadError, image_bit_depth, pixel_limit, read_image, save_image
 from img2img.errors import Img2ImgError
@@ -56,6 +57,9 @@ class _Plan:
     skipped: list[tuple[Path, str]]
     ignored: list[tuple[Path, str]]
     failed: list[tuple[Path, str]]
+    batches: list[int] | None = None
+    """Given batches (a torchrun rank's): each job's batch number, a batch's jobs next to each other.
+    Without them, images of equal size batch together as they are read."""
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -134,9 +138,21 @@ def load_job(job: _Job, channels: int, resize: int | None, keep_depth: bool) -> 
         arr = _resize_shorter(arr, resize)
     return arr, depth
 
+def remove_partial_outputs(plan: _Plan) -> list[Path]:
+    """Delete the temporary files a killed translation left beside the outputs `plan` will write.
+
+    Call it once, before anything writes: a write in progress in the same folder would lose its file.
+    """
+    folders = sorted({job.dst.parent for job in plan.jobs})
+    return [tmp for folder in folders if folder.is_dir() for tmp in atomic.remove_partial_files(folder)]
+
+
 def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_depth: bool,
-             console: Console) -> TranslateReport:
-    """Translate every job of `plan` with `translator`; unreadable inputs are listed, never raised."""
+             console: Console, summary: bool = True) -> TranslateReport:
+    """Translate every job of `plan` with `translator`; unreadable inputs are listed, never raised.
+
+    `summary` False leaves the closing lines to the caller (a torchrun job prints one for all ranks).
+    """
     pixel_limit()  # a bad IMG2IMG_MAX_IMAGE_PIXELS stops here, once, not once per file
     report = TranslateReport(skipped=list(plan.skipped), failed=list(plan.failed), ignored=list(plan.ignored))
     for note in translator.notes:
@@ -152,8 +168,16 @@ def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_dep
         task = progress.add_task("translate", total=len(jobs), rate="")
         reads: deque[tuple[_Job, Future]] = deque()
         writes: deque[tuple[_Job, Future]] = deque()
-        buckets: dict[tuple[int, int], list[tuple[_Job, np.ndarray, int]]] = {}
+        buckets: dict[object, list[tuple[_Job, np.ndarray, int]]] = {}  # by size, or by given batch
         queue = iter(jobs)
+        given = {id(job): b for job, b in zip(jobs, plan.batches)} if plan.batches is not None else None
+        closing = {id(job) for i, job in enumerate(jobs) if given is not None
+                   and (i + 1 == len(jobs) or plan.batches[i + 1] != plan.batches[i])}
+
+        def close_batch(job: _Job) -> None:
+            """With given batches: run the batch of `job` once its last job is read."""
+            if given is not None and id(job) in closing and given[id(job)] in buckets:
+                compute(buckets.pop(given[id(job)]))
 
         def advance(n: int = 1) -> None:
             progress.advance(task, n)
@@ -208,14 +232,21 @@ def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_dep
             except ImageReadError as exc:
                 report.failed.append((job.src, exc.reason))
                 advance()
+                close_batch(job)
                 continue
             except Img2ImgError as exc:
                 report.failed.append((job.src, str(exc)))
                 advance()
+                close_batch(job)
                 continue
             h, w = arr.shape[:2]
             if translator._tiling(h, w) is not None:
                 compute([(job, arr, depth)])
+                close_batch(job)
+                continue
+            if given is not None:
+                buckets.setdefault(given[id(job)], []).append((job, arr, depth))
+                close_batch(job)
                 continue
             bucket = buckets.setdefault((h, w), [])
             bucket.append((job, arr, depth))
@@ -231,7 +262,8 @@ def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_dep
             compute(buckets.pop(key))
         finish_writes(0)
     report.seconds = time.perf_counter() - start
-    _summarise(report, out, translator, console)
+    if summary:
+        _summarise(report, out, translator, console)
     return report
 
 
@@ -257,11 +289,17 @@ def _stopped(exc: OSError, dst: Path, report: TranslateReport, out: Path) -> Img
                         f"already in {out} are skipped, so it continues where it stopped.")
 
 
+def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) once the shorter side is `size`, as `--resize` makes it."""
+    scale = size / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def _resize_shorter(arr: np.ndarray, size: int) -> np.ndarray:
     """Resize so the shorter side is `size` (antialiased bilinear), keeping the aspect ratio."""
     h, w = arr.shape[:2]
     scale = size / min(h, w)
-    new = (max(1, round(h * scale)), max(1, round(w * scale)))
+    new = resized_shape(h, w, size)
     if new == (h, w):
         return arr
     t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)

@@ -8,6 +8,7 @@ exported ONNX graph does that itself.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,8 @@ from img2img.devices import select_device
 from img2img.engine.checkpoint import load_generator
 from img2img.errors import Img2ImgError
 from img2img.inference.backends import OnnxBackend, TorchBackend, physical_cores
-from img2img.inference.files import TranslateReport, plan_outputs, run_plan
+from img2img.inference.distributed import torchrun_world, translate_ranks
+from img2img.inference.files import TranslateReport, _Plan, plan_outputs, remove_partial_outputs, run_plan
 from img2img.inference.normstats import apply_norm_stats, check_onnx_norm_stats
 from img2img.inference.tiling import check_tiling, tile_plan, translate_tiled
 
@@ -47,9 +49,28 @@ class Translator:
     "auto", the default: per image, whichever of the two `choose_tile_norm` finds closer).
     """
 
-    def __init__(self, backend: TorchBackend | OnnxBackend, *, batch_size: int = 1, tile: int | None = None,
-                 overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "auto",
-                 stats_size: int | None = None):
+    def __init__(self, backend: TorchBackend | OnnxBackend | None = None, *, model: str | os.PathLike | None = None,
+                 batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
+                 max_pixels: int | None = None, tile_norm: str = "auto", stats_size: int | None = None,
+                 **load_options: Any):
+        """From a backend, or from `model` (a run folder, checkpoint, .safetensors or .onnx path) with
+        `Translator.load`'s options (direction, device, precision, use_ema, channels_last, norm_stats).
+
+        The `model` form is what Ray Data's ``map_batches(Translator, fn_constructor_kwargs={"model": ...})``
+        calls in each worker; such a translator pickles as its path and options.
+        """
+        self._source: tuple[str, dict[str, Any]] | None = None
+        if model is not None:
+            if backend is not None:
+                raise TypeError("Translator: give a backend or model=PATH, not both")
+            options = dict(batch_size=batch_size, tile=tile, overlap=overlap, max_pixels=max_pixels,
+                           tile_norm=tile_norm, stats_size=stats_size, **load_options)
+            self.__dict__.update(Translator.load(model, **options).__dict__)
+            return
+        if backend is None:
+            raise TypeError("Translator needs model=PATH (a run folder, checkpoint or .onnx file) or a backend")
+        if load_options:
+            raise TypeError(f"Translator: {', '.join(sorted(load_options))} apply only with model=PATH")
         if batch_size < 1:
             raise Img2ImgError(f"--batch-size {batch_size}: must be >= 1")
         check_tiling(tile, overlap, max_pixels, tile_norm)
@@ -128,12 +149,24 @@ class Translator:
              precision: str = "fp32", use_ema: bool = True, channels_last: bool = False,
              **options: Any) -> Translator:
         """The backend follows the path: ``.onnx`` runs in onnxruntime, anything else in torch."""
+        source = (str(model), dict(direction=direction, device=device, precision=precision, use_ema=use_ema,
+                                   channels_last=channels_last, **options))
         model = Path(model)
         if model.suffix.lower() == ".onnx":
-            return cls.from_onnx(model, device=device, precision=precision, direction=direction,
-                                 channels_last=channels_last, **options)
-        return cls.from_run(model, direction, device=device, precision=precision, use_ema=use_ema,
-                            channels_last=channels_last, **options)
+            translator = cls.from_onnx(model, device=device, precision=precision, direction=direction,
+                                       channels_last=channels_last, **options)
+        else:
+            translator = cls.from_run(model, direction, device=device, precision=precision, use_ema=use_ema,
+                                      channels_last=channels_last, **options)
+        translator._source = source
+        return translator
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """A translator loaded from a path pickles as that path and its options (Ray ships it so)."""
+        if self._source is None:
+            return super().__reduce_ex__(protocol)
+        model, options = self._source
+        return (functools.partial(Translator, model=model, **options), ())
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -219,6 +252,11 @@ class Translator:
             return Image.fromarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
         if isinstance(image, torch.Tensor):
             raise TypeError("pass a PIL image or a numpy array; for tensors call the generator module directly")
+        floats, dtype, squeeze = self._floats(image)
+        return _like_input(self.translate_arrays([floats])[0], dtype, squeeze)
+
+    def _floats(self, image: Any) -> tuple[np.ndarray, np.dtype, bool]:
+        """An HW or HWC array (uint8, uint16 or float [0, 1]) as the model's input; its dtype and whether it was HW."""
         arr = np.asarray(image)
         squeeze = arr.ndim == 2
         if squeeze:
@@ -234,14 +272,31 @@ class Translator:
             floats = np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0)
         else:
             raise TypeError(f"unsupported image dtype {dtype}; use uint8, uint16 or float in [0, 1]")
-        out = self.translate_arrays([_to_channels(floats, self.in_channels)])[0]
-        if squeeze and out.shape[2] == 1:
-            out = out[:, :, 0]
-        if dtype == np.uint8:
-            return np.round(out * 255.0).astype(np.uint8)
-        if dtype == np.uint16:
-            return np.round(out * 65535.0).astype(np.uint16)
-        return out.astype(dtype, copy=False)
+        return _to_channels(floats, self.in_channels), dtype, squeeze
+
+    # -- Ray Data -------------------------------------------------------------------------------
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """One batch of Ray Data's ``map_batches(Translator, batch_format="numpy")``.
+
+        Reads column ``"image"`` (HW or HWC arrays, uint8, uint16 or float [0, 1]; a 4-D array when all
+        have one size, an object array of arrays when sizes differ, as `ray.data.read_images` gives them)
+        and adds ``"translated"``: each image's translation at its size, in its dtype, stacked the same
+        way. Other columns (e.g. ``"path"``) pass through. Equal sizes run together, `batch_size` at a time.
+        """
+        if "image" not in batch:
+            raise Img2ImgError(f"Translator: the batch has no 'image' column (it has {', '.join(map(repr, batch))}); "
+                               "rename the column holding the images to 'image'")
+        prepared = [self._floats(image) for image in batch["image"]]
+        outputs = self.translate_arrays([floats for floats, _, _ in prepared])
+        results = [_like_input(out, dtype, squeeze) for out, (_, dtype, squeeze) in zip(outputs, prepared)]
+        if results and all(r.shape == results[0].shape and r.dtype == results[0].dtype for r in results):
+            column = np.stack(results)
+        else:
+            column = np.empty(len(results), dtype=object)
+            for i, result in enumerate(results):
+                column[i] = result
+        return {**batch, "translated": column}
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -261,6 +316,17 @@ class Translator:
             raise Img2ImgError(f"--resize {resize}: must be a positive number of pixels")
         plan = plan_outputs([Path(p) for p in inputs], Path(out), fmt, overwrite)
         return run_plan(self, plan, Path(out), resize=resize, keep_depth=keep_depth, console=console or Console())
+
+def _like_input(out: np.ndarray, dtype: np.dtype, squeeze: bool) -> np.ndarray:
+    """A translated HWC float [0, 1] array in the input's dtype (and HW if the input was)."""
+    if squeeze and out.shape[2] == 1:
+        out = out[:, :, 0]
+    if dtype == np.uint8:
+        return np.round(out * 255.0).astype(np.uint8)
+    if dtype == np.uint16:
+        return np.round(out * 65535.0).astype(np.uint16)
+    return out.astype(dtype, copy=False)
+
 
 # ---------------------------------------------------------------------------------------------
 # The command's entry point
@@ -282,16 +348,27 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
     `norm_stats` ``"batch"`` reproduces the reference's test.py (batch norm on each image's statistics).
     """
     console = console or Console()
-    check_tiling(tile, overlap, max_pixels, tile_norm)
-    if overlap is not None and tile is None and max_pixels is None:
-        raise Img2ImgError(f"--overlap {overlap} applies to tiles only, and nothing is tiled without --tile or "
-                           f"--max-pixels; add --tile N (e.g. --tile 512 --overlap {overlap}) or --max-pixels P")
-    if batch_size < 1:
-        raise Img2ImgError(f"--batch-size {batch_size}: must be >= 1")
-    if resize is not None and resize < 1:
-        raise Img2ImgError(f"--resize {resize}: must be a positive number of pixels")
-    plan = plan_outputs([Path(p) for p in inputs], Path(out), fmt, overwrite)  # folder problems before the model loads
-    translator = Translator.load(model, direction, device=device, precision=precision, use_ema=use_ema,
-                                 channels_last=channels_last, batch_size=batch_size, tile=tile, overlap=overlap, max_pixels=max_pixels,
-                                 tile_norm=tile_norm, norm_stats=norm_stats)
-    return run_plan(translator, plan, Path(out), resize=resize, keep_depth=keep_depth, console=console)
+
+    def plan() -> _Plan:  # option and folder problems, before the model loads
+        check_tiling(tile, overlap, max_pixels, tile_norm)
+        if overlap is not None and tile is None and max_pixels is None:
+            raise Img2ImgError(f"--overlap {overlap} applies to tiles only, and nothing is tiled without --tile or "
+                               f"--max-pixels; add --tile N (e.g. --tile 512 --overlap {overlap}) or --max-pixels P")
+        if batch_size < 1:
+            raise Img2ImgError(f"--batch-size {batch_size}: must be >= 1")
+        if resize is not None and resize < 1:
+            raise Img2ImgError(f"--resize {resize}: must be a positive number of pixels")
+        return plan_outputs([Path(p) for p in inputs], Path(out), fmt, overwrite)
+
+    def load(device: str) -> Translator:
+        return Translator.load(model, direction, device=device, precision=precision, use_ema=use_ema,
+                               channels_last=channels_last, batch_size=batch_size, tile=tile, overlap=overlap,
+                               max_pixels=max_pixels, tile_norm=tile_norm, norm_stats=norm_stats)
+
+    if torchrun_world() > 1:  # a process of a torchrun job: the ranks share the inputs
+        return translate_ranks(plan, load, device=device, out=Path(out), resize=resize, keep_depth=keep_depth,
+                               console=console)
+    jobs = plan()
+    translator = load(device)
+    remove_partial_outputs(jobs)  # what a killed run left half-written
+    return run_plan(translator, jobs, Path(out), resize=resize, keep_depth=keep_depth, console=console)

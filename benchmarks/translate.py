@@ -11,15 +11,24 @@ short pause between them (onnxruntime's threads spin for a moment after a run, w
 torch pass started at once). `forward.speedup` is the median of the per-pair ratios: the steadier
 figure on a shared machine, and the ceiling for the whole command's speed-up.
 
+With `--nproc N` it measures something else: the `img2img translate` command itself, run as a
+subprocess on 1 process and on N (`--nproc N`, torchrun on this machine), alternating `--rounds`
+times, each run's images/s as its summary line states it (the slowest rank's translation time, not
+the start-up), and whether the two output folders are identical byte for byte.
+
 The last stdout line is one JSON object; progress goes to stderr.
 
     python benchmarks/translate.py --images 16 --rounds 3 --forward-runs 12
     python benchmarks/translate.py --torch-precision bf16     # adds {"torch_bf16": {"images_per_s": ...}}
+    python benchmarks/translate.py --nproc 2 --images 64       # {"processes": {"1": ..., "2": ...}, ...}
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,6 +101,52 @@ def forward_pair(run: Path, onnx_file: Path, size: int, runs: int, device: str) 
     }
 
 
+def translate_command(inputs: Path, run: Path, out: Path, nproc: int, args: argparse.Namespace) -> dict:
+    """One `img2img translate` as a user runs it; its summary's images/s and the wall time."""
+    command = [sys.executable, "-m", "img2img", "translate", str(inputs), "--model", str(run), "--out", str(out),
+               "--device", args.device, "--batch-size", str(args.batch_size), "--overwrite"]
+    if nproc > 1:
+        command += ["--nproc", str(nproc)]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env={**env, "COLUMNS": "300"})
+    wall = time.perf_counter() - start
+    text = " ".join(proc.stdout.split())
+    found = re.search(r"translated (\d+) images? in [\d.]+ s \(([\d.]+) images/s\)", text)
+    if proc.returncode != 0 or found is None or int(found.group(1)) != args.images:
+        raise SystemExit(f"{nproc} process(es): exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return {"images_per_s": float(found.group(2)), "wall_s": wall}
+
+
+def compare_processes(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        log("building a run folder")
+        run = make_run(root, args.size, args.ngf)
+        inputs = root / "inputs"
+        write_inputs(inputs, args.images, args.size)
+        best: dict[int, dict] = {}
+        for r in range(args.rounds):
+            for nproc in ((1, args.nproc) if r % 2 == 0 else (args.nproc, 1)):
+                result = translate_command(inputs, run, root / f"out-{nproc}", nproc, args)
+                log(f"round {r + 1}, {nproc} process(es): {result['images_per_s']:.3f} images/s, "
+                    f"{result['wall_s']:.1f} s with start-up")
+                if result["images_per_s"] > best.get(nproc, {"images_per_s": 0.0})["images_per_s"]:
+                    best[nproc] = result
+        identical = all((root / "out-1" / p.name).read_bytes() == p.read_bytes()
+                        for p in (root / f"out-{args.nproc}").iterdir())
+    result = {
+        "processes": {str(n): {"images_per_s": round(best[n]["images_per_s"], 3), "wall_s": round(best[n]["wall_s"], 1)}
+                      for n in (1, args.nproc)},
+        "speedup": round(best[args.nproc]["images_per_s"] / best[1]["images_per_s"], 3),
+        "identical_outputs": identical,
+        "images": args.images, "size": args.size, "ngf": args.ngf, "batch_size": args.batch_size,
+        "rounds": args.rounds, "device": args.device, "cpus": os.cpu_count(),
+    }
+    emit(result)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=16)
@@ -103,7 +158,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--torch-precision", action="append", default=[], choices=["bf16", "fp16"],
                     help="also translate with the torch model at this precision (repeatable), e.g. bf16")
+    ap.add_argument("--nproc", type=int, default=None,
+                    help="instead: the translate command on 1 and on N processes (torchrun), side by side")
     args = ap.parse_args(argv)
+    if args.nproc is not None:
+        if args.nproc < 2:
+            raise SystemExit("--nproc: give 2 or more processes to compare with 1")
+        return compare_processes(args)
 
     try:
         from img2img.inference.export import export

@@ -40,6 +40,15 @@ def test_translate_benchmark_reports_both_backends_and_the_forward_pair():
     assert (result["images"], result["size"], result["ngf"]) == (3, 32, 8)
 
 
+def test_translate_benchmark_compares_one_and_two_processes():
+    result = run_script("translate.py", "--nproc", "2", "--images", "4", "--size", "32", "--ngf", "8",
+                        "--rounds", "1", "--device", "cpu")
+    one, two = result["processes"]["1"], result["processes"]["2"]
+    assert one["images_per_s"] > 0 and two["images_per_s"] > 0 and two["wall_s"] > 0
+    assert result["speedup"] == pytest.approx(two["images_per_s"] / one["images_per_s"], rel=0.01)
+    assert result["identical_outputs"] is True
+
+
 def test_dataloader_benchmark_counts_images_per_second():
     result = run_script("dataloader.py", "--images", "4", "--image-size", "300", "--batches", "6", "--warmup", "1",
                         "--no-step")

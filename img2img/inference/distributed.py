@@ -109,6 +109,11 @@ def balance(weights: Sequence[int], world: int) -> list[list[int]]:
 def rank_device(device: str, local_rank: int) -> str:
     """``auto`` and ``cuda`` mean this rank's own GPU (its LOCAL_RANK) when there are GPUs."""
     if device in ("auto", "cuda") and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise Img2ImgError(f"this process is local rank {local_rank} on a machine with {count} GPU(s): start at "
+                               f"most {count} process(es) per machine (torchrun --nproc-per-node, or --nproc), or "
+                               "give --device cpu")
         return f"cuda:{local_rank}"
     return device
 

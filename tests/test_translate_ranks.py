@@ -157,3 +157,39 @@ def test_a_problem_before_the_start_is_said_once(translate_run, tmp_path):
     assert "Traceback" not in output and "ChildFailedError" not in output
     assert output.count("no such input file or folder") == 1, output[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rank_that_stops_is_reported_with_the_files_it_did_not_translate(translate_run, tmp_path):
+    """A 64 KiB tmpfs under the output folder: whichever rank writes there meets the kernel's ENOSPC."""
+    inputs = tmp_path / "in"
+    for i in range(8):
+        for sub, size in (("big", 96), ("small", 24)):
+            (inputs / sub).mkdir(parents=True, exist_ok=True)
+            noise(size, size, i + (100 if sub == "big" else 0)).save(inputs / sub / f"{i}.png")
+    out = tmp_path / "out"
+    (out / "big").mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out / "big")],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    args = IMG2IMG + ["translate", str(inputs), "--model", str(translate_run), "--out", str(out), "--device", "cpu",
+                      "--nproc", "2"]
+    try:
+        result = subprocess.run(args, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=240)
+        written = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+    finally:
+        subprocess.run(["umount", str(out / "big")], check=False)
+    output = flat(result.stdout + result.stderr)
+    assert result.returncode == 1, output[-4000:]
+    assert "Traceback" not in output and "stopped: disk full while writing" in output, output[-4000:]
+    assert "Run the same command again" in output
+    listed = set(re.findall(r"(\S+/in/(?:big|small)/\d\.png): not done", output))
+    missing = {str(inputs / rel) for rel in (f"{s}/{i}.png" for s in ("big", "small") for i in range(8))
+               if rel not in written}
+    assert missing and listed == missing, (listed, missing)  # exactly the inputs without an output
+
+    again = subprocess.run(args, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    reference = tmp_path / "reference"
+    single_process(inputs, translate_run, reference)
+    assert files(out) == files(reference)

@@ -269,6 +269,7 @@ def _translate(group: _Group, plan: Callable[[], _Plan], load: Callable[[str], o
     stopped = [r for r in results if r.error is not None]
     if main:
         _summarise(total, out, translator, console)
+        console.print(f"by rank ({group.world}):", highlight=False)
         for r in results:
             console.print(f"  rank {r.rank} ({r.host}, {r.device}): {len(r.written)} translated, {len(r.failed)} "
                           f"unreadable in {r.seconds:.1f} s ({r.images_per_s:.2f} images/s)"

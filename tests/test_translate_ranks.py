@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from img2img.inference.distributed import balance
-from img2img.inference.translator import translate_inputs
+from img2img.inference.distributed import balance, image_shape, one_process_batches
+from img2img.inference.files import plan_outputs, run_plan
+from img2img.inference.translator import Translator, translate_inputs
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
@@ -79,6 +80,33 @@ def test_balance_splits_by_weight_deterministically():
     assert balance([5, 5, 5, 5], 2) == [[0, 2], [1, 3]]
     assert balance([3], 4) == [[0], [], [], []]
     assert sorted(i for s in balance(list(range(50)), 3) for i in s) == list(range(50))
+
+
+@pytest.mark.parametrize("batch_size,resize", [(2, None), (3, 20)])
+def test_ranks_form_the_batches_one_process_forms(translate_run, tmp_path, batch_size, resize):
+    """Many distinct sizes (so the fullest-bucket rule fires), repeats, an unreadable file, --resize."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sizes = [(20, 24), (22, 30), (20, 24), (26, 18), (30, 30), (22, 30), (18, 40), (34, 22), (20, 24), (40, 16),
+             (24, 24), (36, 20), (16, 28), (22, 30), (28, 28), (20, 24), (38, 38), (18, 18)]
+    for i, (h, w) in enumerate(sizes):
+        noise(h, w, i).save(inputs / f"{i:02d}.png")
+    (inputs / "07b.png").write_bytes(b"not an image")
+    translator = Translator.load(translate_run, device="cpu", batch_size=batch_size)
+    ran: list[list[tuple[int, int]]] = []
+    original = translator.translate_arrays
+
+    def recording(arrays):
+        ran.append([a.shape[:2] for a in arrays])
+        return original(arrays)
+
+    translator.translate_arrays = recording
+    plan = plan_outputs([inputs], tmp_path / "out", None, False)
+    run_plan(translator, plan, tmp_path / "out", resize=resize, keep_depth=False, console=Console(file=io.StringIO()))
+    shapes = [image_shape(job.src, resize) for job in plan.jobs]
+    expected = one_process_batches(shapes, batch_size, lambda h, w: False)
+    assert ran == [[shapes[i] for i in batch] for batch in expected if shapes[batch[0]] is not None]
+    assert any(len(batch) < batch_size for batch in expected[:-3])  # the fullest-bucket rule fired
 
 
 def test_two_ranks_write_the_single_process_outputs_byte_for_byte(translate_run, tmp_path):

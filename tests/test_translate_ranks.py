@@ -221,3 +221,18 @@ def test_a_rank_that_stops_is_reported_with_the_files_it_did_not_translate(trans
     reference = tmp_path / "reference"
     single_process(inputs, translate_run, reference)
     assert files(out) == files(reference)
+
+
+def test_one_process_removes_what_a_killed_write_left_beside_its_outputs(translate_run, tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    noise(24, 24, 0).save(inputs / "sub" / "a.png")
+    noise(24, 24, 1).save(inputs / "sub" / "b.png")
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    leftover = tmp_path / "out" / "sub" / ".a.png.x1y2z3.tmp"  # as a kill -9 mid-write leaves it
+    leftover.write_bytes(b"\x89PNG half")
+    kept = inputs / "sub" / ".notes.tmp"  # never anything in an input folder
+    kept.write_bytes(b"mine")
+    single_process(inputs, translate_run, tmp_path / "out")
+    assert not leftover.exists() and kept.read_bytes() == b"mine"
+    assert sorted(p.name for p in (tmp_path / "out" / "sub").iterdir()) == ["a.png", "b.png"]

@@ -317,6 +317,7 @@ class Translator:
         plan = plan_outputs([Path(p) for p in inputs], Path(out), fmt, overwrite)
         return run_plan(self, plan, Path(out), resize=resize, keep_depth=keep_depth, console=console or Console())
 
+
 def _like_input(out: np.ndarray, dtype: np.dtype, squeeze: bool) -> np.ndarray:
     """A translated HWC float [0, 1] array in the input's dtype (and HW if the input was)."""
     if squeeze and out.shape[2] == 1:

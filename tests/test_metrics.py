@@ -252,7 +252,7 @@ def test_fid_and_kid_match_scipy_and_numpy(two_sets: tuple[Path, Path]) -> None:
     assert result["summary"]["kid"] == pytest.approx(reference_kid(real, fake), rel=1e-6)
     assert result["summary"]["kid_std"] == 0.0  # one subset holding every image
     assert result["summary"]["count"] == 20 and result["summary"]["count_target"] == 20
-    assert result["summary"]["features"] == 8 and result["summary"]["resize_protocol"] == "torch"
+    assert result["summary"]["features"] == 8 and result["summary"]["protocol"] == "torch"
     assert result["per_image"] == []
     # 20 images and 8 features: FID is estimable, so no warning
     assert result["warnings"] == []

@@ -143,7 +143,13 @@ def report(
     """Write a self-contained HTML report: curves, validation and the best checkpoint, samples, timing."""
     from img2img.evaluation.report import write_report
 
+    from img2img.engine.run import read_metrics
+    from img2img.evaluation.run_data import setup_warning, val_setups
+
     path = write_report(run_dir, out)
+    note = setup_warning(val_setups(read_metrics(run_dir / "metrics.jsonl")[0]))
+    if note:
+        print_message(note, prefix="warning:", style="yellow")
     console.print(f"[green]wrote[/] {escape(str(path))}")
 
 

@@ -159,6 +159,14 @@ def clean_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     return resize_levels(to_levels(image), "clean", size) / 127.5 - 1
 
 
+def extractor_label(ref: str | Mapping[str, Any]) -> str:
+    """``pytorch_fid (dims=64)``: the name and parameters (the weights path aside: its digest is recorded)."""
+    if isinstance(ref, str):
+        return ref
+    params = ", ".join(f"{k}={v}" for k, v in ref.items() if k not in ("name", "weights"))
+    return f"{ref['name']} ({params})" if params else str(ref["name"])
+
+
 def setup(extractor: nn.Module, label: str, protocol: str) -> dict[str, Any]:
     """What every FID/KID value records: extractor, weights digest, protocol and feature size."""
     digest = getattr(extractor, "weights_digest", None)

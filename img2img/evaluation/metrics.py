@@ -152,7 +152,7 @@ def evaluate_folders(
 
     if distribution:
         assert net is not None
-        label = _extractor_label(extractor) if feature_extractor is None else type(net).__name__
+        label = dist.extractor_label(extractor) if feature_extractor is None else type(net).__name__
         info = dist.setup(net, label, protocol or dist.default_protocol(net))
         summary.update(_distribution_scores(pred_files, target_files, distribution, net, channels, batch_size,
                                             device, kid_subset_size, info["protocol"], warnings, reference,
@@ -183,7 +183,7 @@ def folder_features(folder: Path, *, extractor: str | dict = "inception_v3", fea
     files = list_images(folder)
     if len(files) < 2:
         raise Img2ImgError(f"{folder} holds {len(files)} image; statistics need at least 2")
-    info = dist.setup(net, _extractor_label(extractor), protocol or dist.default_protocol(net))
+    info = dist.setup(net, dist.extractor_label(extractor), protocol or dist.default_protocol(net))
     feats = dist.features(dist.batched(_protocol_images(files, channels, info["protocol"], dist.input_size(net)),
                                        batch_size), net, device)
     return feats, {**info, "features": int(feats.shape[1]), "count": len(files)}
@@ -220,13 +220,6 @@ def _reference_notes(path: Path, recorded: dict[str, Any], info: dict[str, Any])
                 "to one against the images themselves; recompute the statistics with the same --extractor and "
                 "--protocol"]
     return []
-
-
-def _extractor_label(ref: str | dict) -> str:
-    if isinstance(ref, str):
-        return ref
-    params = ", ".join(f"{k}={v}" for k, v in ref.items() if k not in ("name", "weights"))
-    return f"{ref['name']} ({params})" if params else str(ref["name"])
 
 
 def _check_metric_names(metrics: Sequence[str] | str) -> list[str]:

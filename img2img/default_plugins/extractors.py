@@ -209,7 +209,7 @@ def pytorch_fid(*, weights: Path | None = None, dims: Literal[64, 192, 768, 2048
         net.load_state_dict(state)
     except Exception as exc:  # a wrong or truncated file: name it, whatever torch says
         raise Img2ImgError(f"{path} is not pytorch-fid's FID Inception state_dict ({type(exc).__name__}: "
-                           f"{str(exc)[:200]}). Get the right file with `{PYTORCH_FID.command}`") from None
+                           f"{' '.join(str(exc).split())[:200]}). Get the right file with `{PYTORCH_FID.command}`") from None
     features = PytorchFIDFeatures(net, dims)
     features.weights_digest = digest(path)
     return features

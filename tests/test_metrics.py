@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -317,5 +318,7 @@ def test_inception_weights_are_read_from_the_hub_cache(tmp_path: Path, monkeypat
     summary = result["summary"]
     assert math.isfinite(summary["kid"]) and summary["kid_std"] == 0.0
     assert summary["features"] == 2048 and summary["extractor"] == "inception_v3"
+    # the result names the weights file it used by its sha256, and the protocol (inception_v3 resizes itself)
+    assert summary["weights"] == hashlib.sha256(cache.read_bytes()).hexdigest()[:8] and summary["protocol"] == "torch"
     # 3 images cannot estimate a 2048 x 2048 covariance: the result says so and suggests KID
     assert len(result["warnings"]) == 1 and "not stable" in result["warnings"][0] and "KID" in result["warnings"][0]

@@ -387,12 +387,16 @@ def test_pipeline_problems_of_validation_settings(data, plugins_installed):
     assert "only kid and fid use a feature extractor" in problems("cyclegan", val_extractor="random_conv")[
         "train.val_extractor"]
     assert problems("oneway") == {} and problems("cyclegan", val_metric="fid", val_extractor="random_conv") == {}
+    assert problems("oneway", val_metric="kid", val_protocol="legacy_tensorflow") == {}
+    assert "only kid and fid resize images" in problems("cyclegan", val_protocol="clean")["train.val_protocol"]
+    assert "legacy_tensorflow" in problems("oneway", val_metric="kid", val_protocol="tensorflow")["train.val_protocol"]
 
 
 def test_validation_settings_without_data_val_are_reported(tiny_cyclegan):
-    result = run_cli("validate", str(tiny_cyclegan), "--set", "train.val_metric=kid")
+    result = run_cli("validate", str(tiny_cyclegan), "--set", "train.val_metric=kid", "--set", "train.val_protocol=clean")
     assert result.returncode == 1
     assert "train.val_metric: set, but there is no data.val to validate on" in " ".join(result.stderr.split())
+    assert "train.val_protocol: set, but there is no data.val to validate on" in " ".join(result.stderr.split())
 
 
 def test_a_checkpoint_opens_without_the_validation_extractor(data, plugins_installed):

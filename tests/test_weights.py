@@ -226,3 +226,11 @@ def test_pytorch_fid_names_a_missing_or_wrong_file_and_the_command(hub):
         build_extractor("pytorch_fid")
     result = cli("evaluate", str(hub), str(hub), "--metrics", "fid", "--extractor", "pytorch_fid", "--dims", "100")
     assert result.exit_code == 1 and "dims" in result.output and "Traceback" not in result.output
+
+    def boxed(output: str) -> str:  # usage errors come in a rich box that wraps the message
+        return " ".join(output.replace("│", " ").split())
+
+    result = cli("evaluate", str(hub), str(hub), "--metrics", "kid", "--extractor", "random_conv", "--dims", "64")
+    assert result.exit_code == 2 and "the random_conv extractor has no dims parameter" in boxed(result.output)
+    result = cli("evaluate", str(hub), str(hub), "--save-stats", str(hub.parent / "s.npz"))
+    assert result.exit_code == 2 and "writes the statistics of one folder" in boxed(result.output)

@@ -63,6 +63,13 @@ def evaluate(
         raise usage_error(f"{channels} is not 1 (grey), 3 (RGB) or 4 (RGBA)", "--channels")
     extractor_ref: str | dict = extractor
     if dims is not None:
+        from img2img.registry import get_registry
+
+        registry = get_registry()
+        if registry.has("feature_extractor", extractor) and \
+                "dims" not in registry.get("feature_extractor", extractor).params.model_fields:
+            raise usage_error(f"the {extractor} extractor has no dims parameter (pytorch_fid has: 64, 192, 768 or "
+                              "2048)", "--dims")
         extractor_ref = {"name": extractor, "dims": dims}
     if save_stats is not None:
         _save_stats(pred_dir, target_dir, save_stats, extractor_ref, feature_weights, protocol, channels, batch_size,

@@ -80,9 +80,13 @@ def register_feature_extractors(register):
     ``factory(**params) -> torch.nn.Module`` mapping ``[N, 3, H, W]`` float images in [-1, 1] to
     ``[N, D]`` features (grey and RGBA images reach it as RGB). Attributes:
 
-    - ``input_size: int`` (required) -- the square size it resizes to itself; the clean-fid
-      protocol of ``img2img evaluate --resize-protocol clean`` resizes to it with PIL beforehand.
+    - ``input_size: int`` (required) -- the square size it resizes to itself; the ``clean``,
+      ``legacy_pytorch`` and ``legacy_tensorflow`` protocols (``img2img evaluate --protocol``,
+      ``train.val_protocol``) resize to it beforehand.
     - ``num_features: int`` -- D, when known before the first batch.
+    - ``default_protocol: str`` -- the protocol its numbers belong to (default ``torch``: its own resize).
+    - ``weights_digest: str`` -- the first 8 hex digits of the sha256 of the file it loaded, recorded
+      with every FID/KID value (``unknown`` when a factory with ``weights`` leaves it out).
 
     A factory that loads a file sets ``factory.weights =
     img2img.evaluation.weights.WeightsFile(name, file, url, sha256)``: ``img2img weights download

@@ -60,14 +60,15 @@ def test_kid_equals_a_direct_numpy_computation_within_1e_6() -> None:
     assert (std, size) == (0.0, 25)  # both sets whole: one subset
     assert mean == pytest.approx(numpy_mmd2(real, fake), rel=1e-6)
 
-    # subsets, drawn as documented: default_rng(seed).choice without replacement, real set first
+    # subsets, drawn as documented (torch-fidelity's way): RandomState(seed).choice without
+    # replacement, the translated set first
     real, fake = feature_sets(2, n_real=30, n_fake=24)
     mean, std, size = dist.kid(real, fake, subsets=7, subset_size=12, seed=5)
-    rng = np.random.default_rng(5)
+    rng = np.random.RandomState(5)
     values = []
     for _ in range(7):
-        r = real[rng.choice(30, 12, replace=False)]
         f = fake[rng.choice(24, 12, replace=False)]
+        r = real[rng.choice(30, 12, replace=False)]
         values.append(numpy_mmd2(r, f))
     assert size == 12
     assert mean == pytest.approx(np.mean(values), rel=1e-6) and std == pytest.approx(np.std(values), rel=1e-6)
@@ -185,7 +186,8 @@ def test_evaluate_with_an_extractor_and_the_clean_protocol(tmp_path: Path) -> No
         assert result.returncode == 0, result.stderr
         runs[protocol] = json.loads(result.stdout)
         summary = runs[protocol]["summary"]
-        assert summary["extractor"] == "random_conv" and summary["resize_protocol"] == protocol
+        assert summary["extractor"] == "random_conv" and summary["protocol"] == protocol
+        assert summary["weights"] == "none" and summary["count"] == summary["count_target"] == 6
         assert summary["kid"] > 0 and summary["fid"] > 0 and summary["features"] == 358
         # 6 images for 358 features: FID is unstable, and the command says so on stderr
         assert "warning: FID on 6 images" in result.stderr and "KID" in result.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -252,7 +253,7 @@ def test_fid_and_kid_match_scipy_and_numpy(two_sets: tuple[Path, Path]) -> None:
     assert result["summary"]["kid"] == pytest.approx(reference_kid(real, fake), rel=1e-6)
     assert result["summary"]["kid_std"] == 0.0  # one subset holding every image
     assert result["summary"]["count"] == 20 and result["summary"]["count_target"] == 20
-    assert result["summary"]["features"] == 8 and result["summary"]["resize_protocol"] == "torch"
+    assert result["summary"]["features"] == 8 and result["summary"]["protocol"] == "torch"
     assert result["per_image"] == []
     # 20 images and 8 features: FID is estimable, so no warning
     assert result["warnings"] == []
@@ -317,5 +318,7 @@ def test_inception_weights_are_read_from_the_hub_cache(tmp_path: Path, monkeypat
     summary = result["summary"]
     assert math.isfinite(summary["kid"]) and summary["kid_std"] == 0.0
     assert summary["features"] == 2048 and summary["extractor"] == "inception_v3"
+    # the result names the weights file it used by its sha256, and the protocol (inception_v3 resizes itself)
+    assert summary["weights"] == hashlib.sha256(cache.read_bytes()).hexdigest()[:8] and summary["protocol"] == "torch"
     # 3 images cannot estimate a 2048 x 2048 covariance: the result says so and suggests KID
     assert len(result["warnings"]) == 1 and "not stable" in result["warnings"][0] and "KID" in result["warnings"][0]

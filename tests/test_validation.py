@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from img2img.testing import write_images
+from cli_support import flat
 from img2img.errors import Img2ImgError, PipelineError
 
 EXTRACTOR_PLUGIN = '''
@@ -229,12 +230,16 @@ def test_kid_with_a_plugin_extractor_keeps_best_at_the_minimum(task, data, plugi
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
         assert {"val_kid", "val_kid_std", "val_seconds"} <= set(r) and r["val_seconds"] > 0
+        # every kid row says how it was computed: extractor, weights, protocol, features and image counts
+        assert r["val_setup"] == {"extractor": "colour_stats", "weights": "none", "protocol": "torch",
+                                  "features": r["val_setup"]["features"], "count": 5, "count_ref": 5}
     kids = [r["val_kid"] for r in rows]
     assert len(set(kids)) == 4  # the translations changed between validations
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     first_minimum = rows[kids.index(min(kids))]["step"]
     assert best["step"] == first_minimum
-    assert best["best"] == {"metric": "kid", "value": min(kids), "step": first_minimum, "extractor": "colour_stats"}
+    assert best["best"] == {"metric": "kid", "value": min(kids), "step": first_minimum, "extractor": "colour_stats",
+                            "protocol": "torch", "weights": "none"}
     assert best["plugins"][f"task:{task}"]["distribution"] == {
         "cyclegan": "img2img-pipeline", "cut": "img2img-cut", "oneway": "img2img-oneway"}[task]
     assert [r["step"] for r in rows if r.get("val_best")] == [
@@ -382,12 +387,16 @@ def test_pipeline_problems_of_validation_settings(data, plugins_installed):
     assert "only kid and fid use a feature extractor" in problems("cyclegan", val_extractor="random_conv")[
         "train.val_extractor"]
     assert problems("oneway") == {} and problems("cyclegan", val_metric="fid", val_extractor="random_conv") == {}
+    assert problems("oneway", val_metric="kid", val_protocol="legacy_tensorflow") == {}
+    assert "only kid and fid resize images" in problems("cyclegan", val_protocol="clean")["train.val_protocol"]
+    assert "legacy_tensorflow" in problems("oneway", val_metric="kid", val_protocol="tensorflow")["train.val_protocol"]
 
 
 def test_validation_settings_without_data_val_are_reported(tiny_cyclegan):
-    result = run_cli("validate", str(tiny_cyclegan), "--set", "train.val_metric=kid")
+    result = run_cli("validate", str(tiny_cyclegan), "--set", "train.val_metric=kid", "--set", "train.val_protocol=clean")
     assert result.returncode == 1
     assert "train.val_metric: set, but there is no data.val to validate on" in " ".join(result.stderr.split())
+    assert "train.val_protocol: set, but there is no data.val to validate on" in " ".join(result.stderr.split())
 
 
 def test_a_checkpoint_opens_without_the_validation_extractor(data, plugins_installed):
@@ -435,3 +444,26 @@ def test_resuming_with_another_metric_starts_the_best_over(data, tmp_path):
     # a cycle_l1 value is never compared with a kid value: the first cycle_l1 validation is the best so far
     assert best["step"] == 3 and best["best"] == {"metric": "cycle_l1", "value": rows[-1]["val_cycle_l1"], "step": 3,
                                                   "extractor": None}
+
+
+def test_resuming_with_another_protocol_starts_the_best_over_and_the_report_warns(data, tmp_path):
+    """kid under clean-fid's resize is not kid under the extractor's own: never compared, and the report says so."""
+    from img2img.engine.train import train
+
+    run = tmp_path / "run"
+    train(pipeline(data, "cyclegan", max_steps=2, val_metric="kid", val_extractor="random_conv"), out=run)
+    train(None, resume=run, overrides=["train.max_steps=3", "train.val_protocol=clean"])
+    rows = val_rows(run)
+    assert [r["val_setup"]["protocol"] for r in rows] == ["torch", "torch", "clean"]
+    assert {r["val_setup"]["weights"] for r in rows} == {"none"}
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == 3 and best["best"]["protocol"] == "clean"  # not compared with the torch-protocol values
+
+    result = subprocess.run([sys.executable, "-m", "img2img", "report", str(run), "--out", str(tmp_path / "report.html")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "warning: the validation rows were computed with different setups" in flat(result.stderr)
+    assert "protocol torch vs clean (step 2 -> 3)" in flat(result.stderr)
+    page = (tmp_path / "report.html").read_text()
+    assert "steps 1-2: random_conv, weights none, protocol torch, 5 vs 5 images" in page
+    assert "protocol torch vs clean (step 2 -&gt; 3)" in page

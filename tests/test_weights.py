@@ -195,3 +195,42 @@ def test_inception_v3_refuses_a_file_that_is_not_torchvisions(hub, server):
     message = " ".join(result.output.split())
     assert "starting with 0cc3c7bd" in message and hashlib.sha256(GOOD).hexdigest() in message
     assert not (hub / "inception_v3_google-0cc3c7bd.pth").exists() and leftovers(hub) == []
+
+
+def test_pytorch_fid_weights_are_pytorch_fids_file_checked_by_its_published_prefix(hub, server):
+    """`weights download pytorch_fid` knows pytorch-fid's release file; a file whose sha256 does not start
+    with 6726825d (the prefix in its name, the check torch.hub makes) is refused and nothing is left."""
+    listed = json.loads(cli("weights", "list", "--json").stdout)
+    row = next(r for r in listed if r["name"] == "pytorch_fid")
+    assert row["file"] == "pt_inception-2015-12-05-6726825d.pth" and row["sha256"] == "6726825d"
+    assert row["url"] == ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                          "pt_inception-2015-12-05-6726825d.pth")
+    assert row["path"] == str(hub / "pt_inception-2015-12-05-6726825d.pth") and row["present"] is False
+
+    result = cli("weights", "download", "pytorch_fid", "--url", f"{server}/good.pt")
+    assert result.exit_code == 1
+    message = " ".join(result.output.split())
+    assert "starting with 6726825d" in message and "was not saved" in message
+    assert not (hub / "pt_inception-2015-12-05-6726825d.pth").exists() and leftovers(hub) == []
+
+
+def test_pytorch_fid_names_a_missing_or_wrong_file_and_the_command(hub):
+    from img2img.errors import Img2ImgError
+    from img2img.evaluation.distribution import build_extractor
+
+    with pytest.raises(Img2ImgError, match="img2img weights download pytorch_fid"):
+        build_extractor("pytorch_fid")
+    hub.mkdir(parents=True)
+    (hub / "pt_inception-2015-12-05-6726825d.pth").write_bytes(GOOD)  # a state_dict, of another network
+    with pytest.raises(Img2ImgError, match="is not pytorch-fid's FID Inception state_dict.*weights download pytorch_fid"):
+        build_extractor("pytorch_fid")
+    result = cli("evaluate", str(hub), str(hub), "--metrics", "fid", "--extractor", "pytorch_fid", "--dims", "100")
+    assert result.exit_code == 1 and "dims" in result.output and "Traceback" not in result.output
+
+    def boxed(output: str) -> str:  # usage errors come in a rich box that wraps the message
+        return " ".join(output.replace("│", " ").split())
+
+    result = cli("evaluate", str(hub), str(hub), "--metrics", "kid", "--extractor", "random_conv", "--dims", "64")
+    assert result.exit_code == 2 and "the random_conv extractor has no dims parameter" in boxed(result.output)
+    result = cli("evaluate", str(hub), str(hub), "--save-stats", str(hub.parent / "s.npz"))
+    assert result.exit_code == 2 and "writes the statistics of one folder" in boxed(result.output)

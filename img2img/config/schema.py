@@ -139,6 +139,8 @@ class TrainConfig(StrictModel):
     val_every: int | None = Field(None, ge=1)
     val_metric: str | None = Field(None, min_length=1)  # one of the task's val_metrics(); checked by the task
     val_extractor: ExtractorSpec | None = None  # kid/fid only; default: the task's val_extractor_default()
+    val_protocol: Literal["torch", "legacy_pytorch", "legacy_tensorflow", "clean"] | None = None  # kid/fid only;
+    # default: the extractor's own (img2img/evaluation/distribution.py)
     samples: int = Field(4, ge=1, le=16)
     # training health (img2img/engine/health.py, docs/health.md)
     health: HealthMode = "warn"

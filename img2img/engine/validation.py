@@ -3,9 +3,11 @@
 The task says what it can score (`Task.val_metrics`) and computes its own scores
 (`Task.validation_scores`: l1/psnr/ssim for paired tasks, cycle_l1 for CycleGAN). kid and fid are
 the engine's, for any task with an a2b translator: `data.val.a` translated a2b, rounded to 8 bits
-as translate would save it, against `data.val.b` (or `data.b` when `val.b` is absent), features on
-the training device in batches (img2img/evaluation/distribution.py). The reference features are
-computed once, when the validator is created.
+as translate would save it, against `data.val.b` (or `data.b` when `val.b` is absent), each image
+handed to the extractor by `train.val_protocol` (default: the extractor's own), features on the
+training device in batches (img2img/evaluation/distribution.py). The reference features are
+computed once, when the validator is created. Every kid/fid row carries ``val_setup`` (extractor,
+weights digest, protocol, image counts), so a run whose rows mix setups shows it.
 """
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ def describe(pipeline) -> str | None:
     task_cls = get_registry().get("task", pipeline.task).factory
     metric = effective_metric(task_cls, pipeline)
     if metric in DISTRIBUTION_METRICS:
-        return f"{metric} ({extractor_ref(task_cls, pipeline, metric)['name']})"
+        protocol = getattr(pipeline.train, "val_protocol", None)
+        return f"{metric} ({extractor_ref(task_cls, pipeline, metric)['name']}{f', {protocol}' if protocol else ''})"
     return metric
 
 
@@ -87,6 +90,12 @@ class Validator:
     extractor_name: str | None = None
     extractor: nn.Module | None = None
     reference: np.ndarray | None = None
+    protocol: str | None = None
+    setup: dict[str, Any] | None = None  # extractor, weights digest, protocol, counts: in every kid/fid row
+
+    @property
+    def weights(self) -> str | None:
+        return self.setup["weights"] if self.setup else None
 
     @classmethod
     def create(cls, trainer) -> Validator | None:
@@ -114,6 +123,8 @@ class Validator:
                                   highlight=False, markup=False)
         best = trainer.best
         if best is not None and (best.get("metric") != metric or best.get("extractor") != v.extractor_name
+                                 or best.get("protocol", v.protocol) != v.protocol
+                                 or best.get("weights", v.weights) != v.weights
                                  or not math.isfinite(best.get("value", math.nan))):
             trainer.console.print(f"note: validation now picks best.pt by {describe(p)} (was {best.get('metric')}); "
                                   "the next validation replaces best.pt", highlight=False, markup=False)
@@ -127,19 +138,24 @@ class Validator:
         ref = extractor_ref(task_cls, p, self.metric)
         self.extractor_name = ref["name"]
         self.extractor = dist.build_extractor(ref).to(trainer.device)
+        self.protocol = getattr(p.train, "val_protocol", None) or dist.default_protocol(self.extractor)
+        size = dist.input_size(self.extractor)
         files, reader, where = reference_files(p, task_cls.data_kind == "paired")
         if len(self.images.a) < 2 or len(files) < 2:
             source = "data.val.pairs" if p.data.val.pairs is not None else "data.val.a"
             raise Img2ImgError(f"train.val_metric {self.metric}: {source} and {where} need at least 2 images each "
                                f"(they have {len(self.images.a)} and {len(files)})")
         start = time.perf_counter()
-        self.reference = dist.features(dist.batched((reader(f) for f in files), BATCH), self.extractor,
-                                       trainer.device)
+        self.reference = dist.features(dist.batched((dist.prepare(reader(f), self.protocol, size) for f in files),
+                                                    BATCH), self.extractor, trainer.device)
+        self.setup = {**dist.setup(self.extractor, dist.extractor_label(ref), self.protocol),
+                      "features": int(self.reference.shape[1]), "count": len(self.images.a), "count_ref": len(files)}
         note = dist.fid_warning(len(self.reference), len(self.images.a), self.reference.shape[1])
         if self.metric == "fid" and note:
             trainer.console.print(f"warning: {note}", style="yellow", highlight=False, markup=False)
         trainer.console.print(
-            f"validation: {self.metric} with {self.extractor_name}, {len(self.images.a)} translated "
+            f"validation: {self.metric} with {self.extractor_name} (weights {self.setup['weights']}, protocol "
+            f"{self.protocol}), {len(self.images.a)} translated "
             f"{'data.val.pairs' if p.data.val.pairs is not None else 'data.val.a'} "
             f"images against {len(files)} of {where}, every {self.every} steps ({self.reference.shape[1]} features; "
             f"reference computed in {time.perf_counter() - start:.1f} s)", highlight=False, markup=False)
@@ -165,7 +181,9 @@ class Validator:
         if fakes is not None:
             from img2img.evaluation import distribution as dist
 
-            fake = dist.features(dist.batched(fakes, BATCH), self.extractor, trainer.device)
+            size = dist.input_size(self.extractor)
+            fake = dist.features(dist.batched((dist.prepare(f, self.protocol, size) for f in fakes), BATCH),
+                                 self.extractor, trainer.device)
             scored = dist.scores(self.reference, fake, [self.metric])
             scored.pop("kid_subset_size", None)
             out.update(scored)
@@ -192,12 +210,16 @@ class Validator:
         value = scores[self.metric]
         row = {"step": trainer.step, "epoch": trainer.epoch, **{f"val_{k}": v for k, v in scores.items()},
                "val_seconds": time.perf_counter() - start}
+        if self.setup is not None:
+            row["val_setup"] = dict(self.setup)
         best = trainer.best
         better = math.isfinite(value) and (
             best is None or (value > best["value"] if self.higher else value < best["value"]))
         if better:
             trainer.best = {"metric": self.metric, "value": value, "step": trainer.step,
                             "extractor": self.extractor_name}
+            if self.setup is not None:
+                trainer.best.update(protocol=self.protocol, weights=self.setup["weights"])
             ckpt_io.atomic_save(trainer.state(), trainer.run.checkpoints / "best.pt", then=trainer.after_failed_write())
             row["val_best"] = 1
         return row

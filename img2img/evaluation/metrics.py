@@ -2,9 +2,9 @@
 
 Paired metrics compare each prediction with the target of the same relative path (extension ignored).
 Distribution metrics compare the two folders as sets through a registered feature extractor
-(``inception_v3`` by default: torchvision's ImageNet Inception v3, 2048-d pool features, so scores
-are comparable between img2img evaluations but not to papers that used the TensorFlow FID network;
-see docs/evaluation.md). The computation is `img2img.evaluation.distribution`, shared with the
+(``inception_v3`` by default: torchvision's ImageNet Inception v3, comparable between img2img
+evaluations; ``pytorch_fid``: the TensorFlow FID network papers report, see docs/evaluation.md),
+or the prediction folder with reference statistics (pytorch-fid's ``.npz``). The computation is `img2img.evaluation.distribution`, shared with the
 validation during training.
 
 Values are on the [0, 1] data range. The PSNR of identical images is ``float("inf")``; :func:`to_json`
@@ -76,43 +76,60 @@ def _paired_per_image(
 
 def evaluate_folders(
     pred_dir: Path,
-    target_dir: Path,
+    target_dir: Path | None,
     metrics: Sequence[str] = ("psnr", "ssim"),
     *,
     extractor: str | dict = "inception_v3",
     feature_extractor: nn.Module | None = None,
     feature_weights: Path | None = None,
-    resize_protocol: str = "torch",
+    protocol: str | None = None,
+    resize_protocol: str | None = None,
+    ref_stats: Path | None = None,
     channels: int = 3,
     batch_size: int = 16,
     device: str = "cpu",
     kid_subset_size: int | None = None,
 ) -> dict[str, Any]:
-    """Score the images in ``pred_dir`` against those in ``target_dir``.
+    """Score the images in ``pred_dir`` against those in ``target_dir`` (or, for FID, against the
+    reference statistics file `ref_stats`, pytorch-fid's ``.npz``).
 
     Returns ``{"summary": {metric: value, "count": n, ...}, "per_image": [{"name": ..., metric: ...}],
     "warnings": [...]}``; ``per_image`` holds the paired metrics only. FID/KID use the registered
     extractor `extractor` (a name or ``{name, **params}``; `feature_weights` is its ``weights`` file),
     or `feature_extractor`, any module mapping ``[B, 3, H, W]`` in [-1, 1] to ``[B, D]`` with an
-    ``input_size``. `resize_protocol` is ``torch`` or ``clean`` (see `img2img.evaluation.distribution`);
-    ``device`` is where features are computed (paired metrics are cheap and stay on the CPU).
+    ``input_size``. `protocol` (`resize_protocol` is its older name) is one of
+    `img2img.evaluation.distribution.PROTOCOLS`, by default the extractor's own; the summary records
+    it with the extractor, its weights digest and both image counts. ``device`` is where features
+    are computed (paired metrics are cheap and stay on the CPU).
     """
-    from img2img.evaluation.distribution import PROTOCOLS
+    from img2img.evaluation import distribution as dist
 
-    pred_dir, target_dir = Path(pred_dir), Path(target_dir)
+    pred_dir = Path(pred_dir)
+    target_dir = Path(target_dir) if target_dir is not None else None
     names = _check_metric_names(metrics)
+    protocol = protocol or resize_protocol
+    if protocol is not None:
+        dist.check_protocol(protocol)
+    if (target_dir is None) == (ref_stats is None):
+        raise Img2ImgError("give either a target folder or --ref-stats FILE.npz (reference statistics), not "
+                           + ("both" if target_dir is not None else "neither"))
+    if ref_stats is not None:
+        cannot = [m for m in names if m != "fid"]
+        if cannot:
+            raise Img2ImgError(f"--ref-stats holds the mean and covariance of the reference features, which FID "
+                               f"needs and {', '.join(cannot)} cannot use ({'KID needs the features themselves' if 'kid' in cannot else 'paired metrics need the images'}); "
+                               "use --metrics fid, or give the reference folder instead")
     for folder, role in ((pred_dir, "prediction"), (target_dir, "target")):
-        if not folder.is_dir():
+        if folder is not None and not folder.is_dir():
             raise Img2ImgError(f"{role} folder {folder} does not exist or is not a folder")
     if batch_size < 1:
         raise Img2ImgError(f"batch size must be at least 1, got {batch_size}")
     if channels not in (1, 3, 4):
         raise Img2ImgError(f"channels {channels}: compare 1 (grey), 3 (RGB) or 4 (RGBA) channels")
-    if resize_protocol not in PROTOCOLS:
-        raise Img2ImgError(f"unknown resize protocol {resize_protocol!r}; use one of {', '.join(PROTOCOLS)}")
     paired = [m for m in names if m in PAIRED]
     distribution = [m for m in names if m in DISTRIBUTION]
 
+    reference = dist.load_stats(ref_stats) if ref_stats is not None else None
     net = None
     if distribution:  # find the weights before reading any image: a missing file is the likely failure
         net = feature_extractor if feature_extractor is not None else _extractor(extractor, feature_weights)
@@ -120,12 +137,13 @@ def evaluate_folders(
     from img2img.data import list_images
 
     pred_files = list_images(pred_dir)  # raises, naming the folder, when it holds no image
-    target_files = list_images(target_dir)
+    target_files = list_images(target_dir) if target_dir is not None else []
     summary: dict[str, Any] = {}
     per_image: list[dict[str, Any]] = []
     warnings: list[str] = []
 
     if paired:
+        assert target_dir is not None
         pairs = match_pairs(pred_dir, pred_files, target_dir, target_files)
         per_image = _score_pairs(pairs, paired, channels)
         for name in paired:
@@ -134,18 +152,74 @@ def evaluate_folders(
 
     if distribution:
         assert net is not None
+        label = dist.extractor_label(extractor) if feature_extractor is None else type(net).__name__
+        info = dist.setup(net, label, protocol or dist.default_protocol(net))
         summary.update(_distribution_scores(pred_files, target_files, distribution, net, channels, batch_size,
-                                            device, kid_subset_size, resize_protocol, warnings))
-        summary["extractor"] = _extractor_label(extractor) if feature_extractor is None else type(net).__name__
-        summary["count_target"] = len(target_files)
+                                            device, kid_subset_size, info["protocol"], warnings, reference,
+                                            ref_stats))
+        summary.update(info, features=summary.get("features", info["features"]))
+        if reference is not None:
+            summary["count_target"] = reference[2].get("count")
+            summary["ref_stats"] = str(ref_stats)
+            warnings.extend(_reference_notes(ref_stats, reference[2], info))
+        else:
+            summary["count_target"] = len(target_files)
     return {"summary": summary, "per_image": per_image, "warnings": warnings}
 
 
-def _extractor_label(ref: str | dict) -> str:
-    if isinstance(ref, str):
-        return ref
-    params = ", ".join(f"{k}={v}" for k, v in ref.items() if k != "name")
-    return f"{ref['name']} ({params})" if params else str(ref["name"])
+def folder_features(folder: Path, *, extractor: str | dict = "inception_v3", feature_weights: Path | None = None,
+                    protocol: str | None = None, channels: int = 3, batch_size: int = 16,
+                    device: str = "cpu") -> tuple[np.ndarray, dict[str, Any]]:
+    """``[N, D]`` features of a folder's images and how they were computed (`dist.setup` + count)."""
+    from img2img.data import list_images
+    from img2img.evaluation import distribution as dist
+
+    if protocol is not None:
+        dist.check_protocol(protocol)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise Img2ImgError(f"folder {folder} does not exist or is not a folder")
+    net = _extractor(extractor, feature_weights).to(device)
+    files = list_images(folder)
+    if len(files) < 2:
+        raise Img2ImgError(f"{folder} holds {len(files)} image; statistics need at least 2")
+    info = dist.setup(net, dist.extractor_label(extractor), protocol or dist.default_protocol(net))
+    feats = dist.features(dist.batched(_protocol_images(files, channels, info["protocol"], dist.input_size(net)),
+                                       batch_size), net, device)
+    return feats, {**info, "features": int(feats.shape[1]), "count": len(files)}
+
+
+def save_folder_stats(folder: Path, out: Path, **options: Any) -> dict[str, Any]:
+    """Write pytorch-fid's ``.npz`` (``mu``, ``sigma``) of a folder, recording how it was computed;
+    returns that record with ``path``. `options` are `folder_features`'."""
+    from img2img.evaluation import distribution as dist
+
+    out, folder = Path(out), Path(folder)
+    if out.resolve().is_relative_to(folder.resolve()):
+        raise Img2ImgError(f"--save-stats {out} is inside the folder {folder}; img2img never writes into an input "
+                           "folder. Write the statistics elsewhere")
+    if out.suffix != ".npz":
+        raise Img2ImgError(f"--save-stats {out}: the file name must end in .npz (pytorch-fid reads a path as "
+                           "statistics only by that suffix)")
+    feats, info = folder_features(folder, **options)
+    dist.save_stats(out, feats, info)
+    return {**info, "path": str(out)}
+
+
+def _reference_notes(path: Path, recorded: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """Why FID against a statistics file may not be comparable: it says nothing, or something else."""
+    from img2img.evaluation import distribution as dist
+
+    if not recorded:
+        return [f"{path} does not say how its statistics were computed (pytorch-fid's files hold only mu and "
+                f"sigma): the FID is comparable only if they came from the same network and weights "
+                f"({info['extractor']}, weights {info['weights']}) with the {info['protocol']} protocol"]
+    differences = dist.setup_differences(recorded, info)
+    if differences:
+        return [f"{path} was computed with another setup ({'; '.join(differences)}): this FID is not comparable "
+                "to one against the images themselves; recompute the statistics with the same --extractor and "
+                "--protocol"]
+    return []
 
 
 def _check_metric_names(metrics: Sequence[str] | str) -> list[str]:
@@ -243,6 +317,14 @@ def _extractor(name: str | dict, weights: Path | None) -> nn.Module:
                            "--extractor random_conv needs no weights (for comparing runs, not papers).") from None
 
 
+def _protocol_images(files: list[Path], channels: int, protocol: str, size: int) -> Iterator[torch.Tensor]:
+    from img2img.data import read_image, to_tensor
+    from img2img.evaluation import distribution as dist
+
+    for path in files:
+        yield dist.prepare(to_tensor(read_image(path, channels)), protocol, size)
+
+
 def _distribution_scores(
     pred_files: list[Path],
     target_files: list[Path],
@@ -252,12 +334,14 @@ def _distribution_scores(
     batch_size: int,
     device: str,
     kid_subset_size: int | None,
-    resize_protocol: str,
+    protocol: str,
     warnings: list[str],
+    reference: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None,
+    ref_path: Path | None = None,
 ) -> dict[str, Any]:
     from img2img.evaluation import distribution as dist
 
-    n = min(len(pred_files), len(target_files))
+    n = min(len(pred_files), len(target_files)) if reference is None else len(pred_files)
     if n < 2:
         raise Img2ImgError(f"FID/KID need at least 2 images in each folder; the smaller one has {n}")
     if "kid" in metrics and kid_subset_size is not None and not 2 <= kid_subset_size <= n:
@@ -265,21 +349,25 @@ def _distribution_scores(
     extractor = extractor.to(device)
     size = dist.input_size(extractor)
 
-    def images(files: list[Path]) -> Iterator[torch.Tensor]:
-        from img2img.data import read_image, to_tensor
-
-        for path in files:
-            image = to_tensor(read_image(path, channels))
-            yield dist.clean_resize(dist.as_rgb(image[None])[0], size) if resize_protocol == "clean" else image
-
-    fake = dist.features(dist.batched(images(pred_files), batch_size), extractor, device)
-    real = dist.features(dist.batched(images(target_files), batch_size), extractor, device)
+    fake = dist.features(dist.batched(_protocol_images(pred_files, channels, protocol, size), batch_size), extractor,
+                         device)
+    if reference is not None:
+        mu_r, sigma_r, recorded = reference
+        if len(mu_r) != fake.shape[1]:
+            raise Img2ImgError(f"--ref-stats {ref_path} holds {len(mu_r)}-dimensional statistics but the extractor "
+                               f"gives {fake.shape[1]} features; compute both with the same extractor (and dims)")
+        note = dist.fid_warning(recorded.get("count") or len(mu_r) + 1, len(fake), len(mu_r))
+        if note:
+            warnings.append(note)
+        return {"fid": dist.fid_from_stats(mu_r, sigma_r, *dist.statistics(fake)), "features": int(fake.shape[1])}
+    real = dist.features(dist.batched(_protocol_images(target_files, channels, protocol, size), batch_size),
+                         extractor, device)
     if "fid" in metrics:
         note = dist.fid_warning(len(real), len(fake), real.shape[1])
         if note:
             warnings.append(note)
     out: dict[str, Any] = dist.scores(real, fake, metrics, kid_subset_size=kid_subset_size)
-    out.update(features=int(real.shape[1]), resize_protocol=resize_protocol)
+    out.update(features=int(real.shape[1]))
     return out
 
 
@@ -320,13 +408,14 @@ def render_table(result: dict[str, Any]):
     table.add_column("metric")
     table.add_column("value", justify="right")
     labels = {"count": "images", "count_target": "target images", "kid_subset_size": "KID subset size",
-              "extractor": "feature extractor", "features": "features per image", "resize_protocol": "resize protocol"}
+              "extractor": "feature extractor", "weights": "weights (sha256)", "protocol": "protocol",
+              "features": "features per image", "ref_stats": "reference statistics"}
     for key, value in summary.items():
         if key not in labels:
             table.add_row(key, format_value(value))
     for key, label in labels.items():
         if key in summary:
-            table.add_row(label, str(summary[key]), style="dim")
+            table.add_row(label, "unknown" if summary[key] is None else str(summary[key]), style="dim")
     return table
 
 

@@ -98,11 +98,16 @@ def validation_section(run: Run) -> Section | None:
         return {"key": key, "last": fmt(s.values[-1]), "min": fmt(min(s.values)), "max": fmt(max(s.values)),
                 "best": fmt(at_best) if at_best is not None else "-"}
 
+    from img2img.evaluation.distribution import setup_text
+    from img2img.evaluation.run_data import setup_warning
+
     rows = [row(key, s) for key, s in run.vals.items()]
     plot = validation_svg(run.vals, run.spreads, best.step if best else None, best.key if best else None)
+    setups = [{"steps": f"{a}" if a == b else f"{a}-{b}", "text": setup_text(s)} for a, b, s in run.val_setups]
     return Section("validation", "validation.html.j2", {"plot": _svg(plot), "rows": rows, "best": best,
                                                        "best_value": fmt(best.value) if best and best.value is not None
-                                                       else None, "spreads": sorted(run.spreads)})
+                                                       else None, "spreads": sorted(run.spreads),
+                                                       "setups": setups, "setup_warning": setup_warning(run.val_setups)})
 
 
 def health_section(run: Run) -> Section:

@@ -53,6 +53,7 @@ class Run:
     spreads: dict[str, Series] = field(default_factory=dict)  # "val_kid" -> its val_kid_std
     val_seconds: Series = field(default_factory=Series)
     best: Best | None = None
+    val_setups: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -75,6 +76,7 @@ def load_run(run_dir: Path) -> Run:
         spreads={key[: -len("_std")]: s for key, s in groups["spread"].items()},
         val_seconds=groups["time"].get("val_seconds", Series()),
         best=best_checkpoint(rows, pipeline, vals),
+        val_setups=val_setups(rows),
     )
 
 
@@ -122,6 +124,36 @@ def best_checkpoint(rows: list[dict[str, Any]], pipeline: dict[str, Any], vals: 
     metric = dig(pipeline, "train", "val_metric")
     key = f"val_{metric}" if isinstance(metric, str) and f"val_{metric}" in vals else None
     return Best(step=steps[-1], key=key, value=vals[key].at(steps[-1]) if key else None)
+
+
+def val_setups(rows: list[dict[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
+    """``(first step, last step, setup)`` for each stretch of kid/fid rows with one ``val_setup``
+    (extractor, weights digest, protocol, counts; img2img/engine/validation.py)."""
+    spans: list[tuple[int, int, dict[str, Any]]] = []
+    for row in rows:
+        setup = row.get("val_setup")
+        if not isinstance(setup, dict):
+            continue
+        step = int(row["step"])
+        if spans and spans[-1][2] == setup:
+            spans[-1] = (spans[-1][0], step, setup)
+        else:
+            spans.append((step, step, setup))
+    return spans
+
+
+def setup_warning(spans: list[tuple[int, int, dict[str, Any]]]) -> str | None:
+    """A warning when the rows' kid/fid values were computed in different ways (not comparable)."""
+    from img2img.evaluation.distribution import setup_differences
+
+    differences: list[str] = []
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        for diff in setup_differences(a, b, ("extractor", "weights", "protocol", "features", "count", "count_ref")):
+            differences.append(f"{diff} (step {end} -> {start})")
+    if not differences:
+        return None
+    return ("the validation rows were computed with different setups, so their values are not comparable "
+            "across the change: " + "; ".join(differences))
 
 
 def _is_number(value: Any) -> bool:

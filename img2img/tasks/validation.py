@@ -100,11 +100,15 @@ def check_setup(task_cls: Any, pipeline: Any, registry: Any = None) -> list[tupl
 
     train, task = pipeline.train, pipeline.task
     if pipeline.data.val is None:
-        unused = [k for k in ("val_every", "val_metric", "val_extractor") if getattr(train, k) is not None]
+        unused = [k for k in ("val_every", "val_metric", "val_extractor", "val_protocol")
+                  if getattr(train, k, None) is not None]
         return [(f"train.{k}", "set, but there is no data.val to validate on; add data.val.a (and data.val.b) or "
                                f"data.val.pairs, or remove train.{k}") for k in unused]
     metric = effective_metric(task_cls, pipeline)
     if metric not in DISTRIBUTION_METRICS:
+        if getattr(train, "val_protocol", None) is not None:
+            return [("train.val_protocol", f"only kid and fid resize images for a feature extractor, and "
+                                           f"train.val_metric is {metric}; remove train.val_protocol")]
         if train.val_extractor is not None:
             which = "" if train.val_metric else f" (the default of {task})"
             return [("train.val_extractor", f"only kid and fid use a feature extractor, and train.val_metric is "

@@ -216,3 +216,30 @@ def test_feature_matching_with_a_discriminator_without_features_is_refused_at_va
         load_pipeline(pipeline)
     text = str(info.value)
     assert "losses.feature_matching.weight" in text and "'pixel' does not expose its features" in text
+
+
+def test_the_discriminator_snippet_of_plugins_readme_works_as_written(tmp_path):
+    """The code and the pipeline under "Discriminators with several outputs or features", as written."""
+    import types
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "plugins" / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Discriminators with several outputs or features", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    pipeline_yaml = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    module = types.ModuleType("two_scale_snippet")
+    exec(compile(code, "plugins/README.md", "exec", dont_inherit=True), module.__dict__)
+
+    with registered(module):
+        d = get_registry().build("discriminator", {"name": "two_scale", "ndf": 4}, in_channels=6)
+        logits, features = d(torch.rand(1, 6, 32, 32), features=True)
+        assert len(logits) == 2 and [len(f) for f in features] == [2, 2] and exposes_features(d)
+        disc = {**pipeline_yaml["model"]["discriminator"], "ndf": 4}
+        pipeline = tiny_pipeline(tmp_path, pipeline_yaml["task"], discriminator=disc, losses=pipeline_yaml["losses"],
+                                 train={"health": "warn", "log_every": 1})
+        load_pipeline(pipeline)
+        run = train_steps(pipeline, steps=2)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["feature_matching"] > 0 for row in rows)
+    assert 0.0 <= rows[0]["health/d_separation_a2b"] <= 1.0

@@ -59,8 +59,11 @@ class Pix2Pix(Task):
         fm = pipeline.losses.feature_matching
         if fm.weight > 0:
             spec = pipeline.model.discriminator
-            if not exposes_features(meta_build("discriminator", spec, in_channels=pipeline.data.channels.a
-                                               + pipeline.data.channels.b)):
+            try:
+                net = meta_build("discriminator", spec, in_channels=pipeline.data.channels.a + pipeline.data.channels.b)
+            except Exception:  # a factory that cannot build on the meta device: training will tell
+                net = None
+            if net is not None and not exposes_features(net):
                 problems.append(("losses.feature_matching.weight",
                                  f"discriminator '{spec.name}' does not expose its features (its forward takes no "
                                  "features=True): use one that does, such as patchgan, or set the weight to 0"))

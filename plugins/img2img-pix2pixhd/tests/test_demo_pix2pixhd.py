@@ -140,11 +140,23 @@ def test_report_and_health_read_the_run(run, tmp_path):
     assert "health/d_separation_a2b" in health.stdout and "health/diversity_a2b" in health.stdout
 
 
-def test_demo_trains_under_torchrun_with_two_processes(demo, tmp_path):
-    out = tmp_path / "ddp"
-    result = img2img("train", str(demo), "--nproc", "2", "--out", str(out), "--set", "train.max_steps=2",
-                     *[arg for setting in TINY for arg in ("--set", setting)])
-    assert result.returncode == 0, result.stdout + result.stderr
-    table = rows(out)
-    assert [r["step"] for r in table] == [1, 2] and all(r["feature_matching"] > 0 for r in table)
-    assert (out / "checkpoints" / "last.pt").is_file()
+def test_demo_trains_and_resumes_exactly_under_torchrun_with_two_processes(demo, tmp_path):
+    def train_ddp(out: Path, steps: int, *resume: str) -> None:
+        args = ["train", *(resume or (str(demo), "--out", str(out))), "--nproc", "2", "--set", f"train.max_steps={steps}"]
+        if not resume:
+            args += [arg for setting in TINY for arg in ("--set", setting)]
+        result = img2img(*args)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    straight, resumed = tmp_path / "ddp", tmp_path / "ddp-resumed"
+    train_ddp(straight, 4)
+    train_ddp(resumed, 2)
+    train_ddp(resumed, 4, "--resume", str(resumed))
+    table = rows(straight)
+    assert [r["step"] for r in table] == [1, 2, 3, 4] and all(r["feature_matching"] > 0 for r in table)
+    assert rows(resumed) == table
+    a, b = load_checkpoint(straight)["nets"], load_checkpoint(resumed)["nets"]
+    for net in a:
+        assert all(torch.equal(b[net][k], v) for k, v in a[net].items()), net
+    result = img2img("export", str(straight), "--out", str(tmp_path / "ddp.onnx"))
+    assert result.returncode == 0, result.stderr

@@ -42,6 +42,49 @@ class GlobalGenerator(nn.Module):
         return self.model(input)
 
 
+class LocalEnhancer(nn.Module):
+    def __init__(self, input_nc, output_nc, ngf, n_downsample_global, n_blocks_global, n_local_enhancers, n_blocks_local):
+        super().__init__()
+        norm = lambda c: nn.InstanceNorm2d(c, affine=False)  # noqa: E731
+        self.n_local_enhancers = n_local_enhancers
+        ngf_global = ngf * (2**n_local_enhancers)
+        model_global = GlobalGenerator(input_nc, output_nc, ngf_global, n_downsample_global, n_blocks_global).model
+        model_global = [model_global[i] for i in range(len(model_global) - 3)]
+        self.model = nn.Sequential(*model_global)
+        for n in range(1, n_local_enhancers + 1):
+            ngf_global = ngf * (2 ** (n_local_enhancers - n))
+            model_downsample = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf_global, kernel_size=7, padding=0),
+                                norm(ngf_global), nn.ReLU(True),
+                                nn.Conv2d(ngf_global, ngf_global * 2, kernel_size=3, stride=2, padding=1),
+                                norm(ngf_global * 2), nn.ReLU(True)]
+            model_upsample = [ResnetBlock(ngf_global * 2) for _ in range(n_blocks_local)]
+            model_upsample += [nn.ConvTranspose2d(ngf_global * 2, ngf_global, kernel_size=3, stride=2, padding=1,
+                                                  output_padding=1), norm(ngf_global), nn.ReLU(True)]
+            if n == n_local_enhancers:
+                model_upsample += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
+            setattr(self, "model" + str(n) + "_1", nn.Sequential(*model_downsample))
+            setattr(self, "model" + str(n) + "_2", nn.Sequential(*model_upsample))
+        self.downsample = nn.AvgPool2d(3, stride=2, padding=[1, 1], count_include_pad=False)
+
+    def ordered_parameters(self):
+        """In the order our LocalEnhancer holds them: G1, then every enhancer's down, then every up."""
+        n = range(1, self.n_local_enhancers + 1)
+        return [*self.model.parameters(), *(p for i in n for p in getattr(self, f"model{i}_1").parameters()),
+                *(p for i in n for p in getattr(self, f"model{i}_2").parameters())]
+
+    def forward(self, input):
+        input_downsampled = [input]
+        for i in range(self.n_local_enhancers):
+            input_downsampled.append(self.downsample(input_downsampled[-1]))
+        output_prev = self.model(input_downsampled[-1])
+        for n_local_enhancers in range(1, self.n_local_enhancers + 1):
+            model_downsample = getattr(self, "model" + str(n_local_enhancers) + "_1")
+            model_upsample = getattr(self, "model" + str(n_local_enhancers) + "_2")
+            input_i = input_downsampled[self.n_local_enhancers - n_local_enhancers]
+            output_prev = model_upsample(model_downsample(input_i) + output_prev)
+        return output_prev
+
+
 class NLayerDiscriminator(nn.Module):
     """getIntermFeat=True: the output of every sub-model."""
 

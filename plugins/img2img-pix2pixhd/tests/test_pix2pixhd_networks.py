@@ -51,19 +51,34 @@ def test_global_generator_is_pix2pixhds_function():
     torch.testing.assert_close(ours(x), theirs(x))
 
 
-def test_local_enhancer_refines_the_global_generator_at_full_resolution():
+def test_local_enhancer_is_pix2pixhds_function():
     torch.manual_seed(0)
-    g = build("generator", "pix2pixhd_local", in_channels=3, out_channels=1, ngf=4, n_downsample_global=2,
-              n_blocks_global=1, n_local_enhancers=2, n_blocks_local=1)
-    assert g.size_multiple == 16
-    assert g.model[1].out_channels == 16  # G1 has ngf * 2**n_local_enhancers channels
-    y = g(torch.rand(1, 3, 32, 48) * 2 - 1)
-    assert y.shape == (1, 1, 32, 48) and y.abs().max() <= 1
-    # the finest branch sees the full-resolution input: changing one pixel changes the output there
-    x = torch.zeros(1, 3, 32, 48)
-    x2 = x.clone()
-    x2[..., 0, 0] = 1
-    assert (g(x2) - g(x))[..., :4, :4].abs().max() > 0
+    ours = build("generator", "pix2pixhd_local", in_channels=3, out_channels=1, ngf=4, n_downsample_global=2,
+                 n_blocks_global=1, n_local_enhancers=2, n_blocks_local=1)
+    theirs = ref.LocalEnhancer(3, 1, 4, 2, 1, 2, 1)
+    pairs = list(zip(ours.parameters(), theirs.ordered_parameters(), strict=True))
+    with torch.no_grad():
+        for p, q in pairs:
+            q.copy_(p)
+    assert ours.size_multiple == 16
+    assert ours.model[1].out_channels == 16  # G1 has ngf * 2**n_local_enhancers channels
+    x = torch.rand(1, 3, 32, 48) * 2 - 1
+    y = ours(x)
+    assert y.shape == (1, 1, 32, 48)
+    torch.testing.assert_close(y, theirs(x))
+
+
+@pytest.mark.parametrize("name", ["pix2pixhd_global", "pix2pixhd_local"])
+def test_generators_export_to_onnx_with_dynamic_sizes(name, tmp_path):
+    """img2img's exporter checks onnxruntime against torch at sizes other than the export's."""
+    from img2img.inference.export import export_generator
+
+    params = ({"ngf": 4, "n_downsampling": 2, "n_blocks": 1} if name == "pix2pixhd_global" else
+              {"ngf": 4, "n_downsample_global": 2, "n_blocks_global": 1, "n_blocks_local": 1})
+    g = build("generator", name, in_channels=3, out_channels=3, **params).eval()
+    out = export_generator(g, tmp_path / f"{name}.onnx", in_channels=3, out_channels=3,
+                           size_multiple=g.size_multiple)
+    assert out.is_file()
 
 
 def test_multiscale_discriminator_is_pix2pixhds_with_features():

@@ -31,10 +31,13 @@ __all__ = ["GlobalGenerator", "LocalEnhancer", "MultiscaleDiscriminator", "VGGLo
 
 Width = Annotated[int, Field(ge=1, le=1024)]
 Depth = Annotated[int, Field(ge=0, le=8)]
+"""A number of stride-2 stages."""
+Blocks = Annotated[int, Field(ge=0, le=64)]
+"""A number of residual blocks."""
 
 
 def pix2pixhd_global(in_channels: int, out_channels: int, *, ngf: Width = 64, n_downsampling: Depth = 4,
-                     n_blocks: Depth = 9, norm: Norm = "instance") -> nn.Module:
+                     n_blocks: Blocks = 9, norm: Norm = "instance") -> nn.Module:
     """pix2pixHD's global generator G1: residual blocks between n_downsampling stride-2 stages.
 
     Height and width are padded to a multiple of 2**n_downsampling (16 by default).
@@ -44,8 +47,8 @@ def pix2pixhd_global(in_channels: int, out_channels: int, *, ngf: Width = 64, n_
 
 
 def pix2pixhd_local(in_channels: int, out_channels: int, *, ngf: Width = 32,
-                    n_downsample_global: Depth = 4, n_blocks_global: Depth = 9,
-                    n_local_enhancers: Annotated[int, Field(ge=1, le=3)] = 1, n_blocks_local: Depth = 3,
+                    n_downsample_global: Depth = 4, n_blocks_global: Blocks = 9,
+                    n_local_enhancers: Annotated[int, Field(ge=1, le=3)] = 1, n_blocks_local: Blocks = 3,
                     norm: Norm = "instance") -> nn.Module:
     """pix2pixHD's coarse-to-fine generator: G1 at half resolution inside local enhancer(s) G2.
 

@@ -41,6 +41,20 @@ def test_components_are_registered_by_the_installed_distribution():
         assert REGISTRY.get(kind, name).distribution == "img2img-pix2pixhd"
 
 
+@pytest.mark.parametrize("name", ["demo-pix2pixhd", "cityscapes-pix2pixhd"])
+def test_the_shipped_pipelines_validate_with_the_papers_sizes(name):
+    """The template's data folders are the user's to fill: only missing data may be reported."""
+    from img2img.config.builtin import builtin_pipelines
+
+    found = builtin_pipelines()[name]
+    assert found.distribution == "img2img-pix2pixhd" and found.task == "pix2pix"
+    pipeline = load_pipeline(found.path)
+    assert pipeline.losses.feature_matching.weight == 10.0 and pipeline.losses.adversarial.params["scales"] == "sum"
+    if name == "cityscapes-pix2pixhd":
+        assert pipeline.model.generator.params.items() >= {"ngf": 64, "n_downsampling": 4, "n_blocks": 9}.items()
+        assert pipeline.model.discriminator.params.items() >= {"ndf": 64, "n_layers": 3, "num_d": 3}.items()
+
+
 def test_global_generator_is_pix2pixhds_function():
     torch.manual_seed(0)
     ours = build("generator", "pix2pixhd_global", in_channels=3, out_channels=3, ngf=4, n_downsampling=3, n_blocks=2)

@@ -41,8 +41,11 @@ def register_discriminators(register):
     """Register discriminators: ``register("name", factory)``.
 
     ``factory(in_channels: int, **params) -> torch.nn.Module`` returning raw logits (any shape:
-    a patch map or one value per image). Conditional tasks pass ``in_channels`` = input + output
-    channels.
+    a patch map or one value per image), or a list of logits tensors (one per scale); the built-in
+    adversarial losses judge each scale. Conditional tasks pass ``in_channels`` = input + output
+    channels. Optionally it exposes its intermediate features for feature-matching losses: its
+    ``forward`` takes a keyword ``features`` and with ``features=True`` returns ``(logits, features)``,
+    ``features`` a list per scale of lists of per-layer activations (``img2img/losses.py``).
     """
 
 
@@ -53,7 +56,10 @@ def register_losses(register):
     ``factory(**params) -> torch.nn.Module``. Either a pairwise loss whose
     ``forward(prediction, target)`` returns a scalar (cycle, identity, reconstruction terms), or a
     subclass of ``img2img.AdversarialLoss`` with ``d_loss(real_logits, fake_logits)``,
-    ``g_loss(fake_logits)`` and optionally ``penalty(discriminator, real, fake)``. In a pipeline
+    ``g_loss(fake_logits)`` and optionally ``penalty(discriminator, real, fake)``; written for one
+    logits tensor, they also take lists of them (one per scale, averaged by the base class). A
+    feature-matching loss is pairwise over discriminator features, ``forward(fake_features,
+    real_features)`` (the built-in ``feature_matching``). In a pipeline
     each loss also takes ``weight`` (handled by the task, not passed to the factory).
     """
 

@@ -501,6 +501,7 @@ DEMO_SETTINGS = {
                      "data.transforms=[{Resize: {height: 32, width: 32}}, {HorizontalFlip: {p: 0.5}}]"],
     "demo-cut": ["model.generator.ngf=8", "model.discriminator.ndf=8", T32, "nce.num_patches=64",
                  "nce.head_units=32"],
+    "demo-pix2pixhd": ["model.generator.ngf=8", "model.generator.n_blocks=2", "model.discriminator.ndf=8"],
 }
 
 
@@ -510,7 +511,7 @@ def test_the_demo_pipelines_at_tiny_settings_raise_no_warning(name, tmp_path):
     from img2img.config.builtin import builtin_pipelines
 
     if name not in builtin_pipelines():
-        pytest.skip(f"the {name} pipeline's plugin is not installed (pip install -e plugins/img2img-cut)")
+        pytest.skip(f"the {name} pipeline's plugin is not installed (pip install -e plugins/img2img-*)")
     source = builtin_pipelines()[name].path
     (tmp_path / "pipelines").mkdir()
     pipeline = tmp_path / "pipelines" / source.name

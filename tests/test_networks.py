@@ -18,7 +18,7 @@ GENERATORS = {"resnet_6blocks": resnet.resnet_6blocks, "resnet_9blocks": resnet.
               "unet_128": unet.unet_128, "unet_256": unet.unet_256, "unet": unet.unet}
 DISCRIMINATORS = {"patchgan": patchgan.patchgan, "pixel": patchgan.pixel}
 LOSSES = {"lsgan": losses.lsgan, "vanilla": losses.vanilla, "hinge": losses.hinge, "wgan_gp": losses.wgan_gp,
-          "l1": losses.l1, "mse": losses.mse}
+          "l1": losses.l1, "mse": losses.mse, "feature_matching": losses.feature_matching}
 # the smallest image each generator accepts, and a channel width that keeps the test fast
 SMALL = {"resnet_6blocks": (32, 8), "resnet_9blocks": (32, 8), "unet_128": (128, 4), "unet_256": (256, 4), "unet": (64, 4)}
 

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError
 from torch import nn
 
 import img2img
+from img2img.losses import exposes_features, feature_scales, scales_of
 from img2img.registry import ParamsProblem, get_registry, params_model
 
 REGISTRY = get_registry()
@@ -27,7 +28,8 @@ def _small(kind: str, name: str) -> dict:
 def test_every_generator_builds_and_runs(name):
     torch.manual_seed(0)
     net = REGISTRY.build("generator", {"name": name, **_small("generator", name)}, in_channels=3, out_channels=1)
-    size = max(32, int(getattr(net, "size_multiple", 1)))
+    # 64: deep encoders (pix2pixHD's local enhancer: 5 halvings) keep more than one pixel for instance norm
+    size = max(64, int(getattr(net, "size_multiple", 1)))
     net.eval()
     with torch.no_grad():
         y = net(torch.rand(2, 3, size, size) * 2 - 1)
@@ -37,11 +39,17 @@ def test_every_generator_builds_and_runs(name):
 
 @pytest.mark.parametrize("name", REGISTRY.names("discriminator"))
 def test_every_discriminator_builds_and_runs(name):
+    """Logits, or a list of them (one per scale); with features=True, where offered, the same logits."""
     net = REGISTRY.build("discriminator", {"name": name, **_small("discriminator", name)}, in_channels=6)
-    y = net(torch.rand(2, 6, 64, 64) * 2 - 1)
-    assert y.shape[0] == 2 and torch.isfinite(y).all()
-    y.mean().backward()
+    x = torch.rand(2, 6, 64, 64) * 2 - 1
+    scales = scales_of(net(x))
+    assert all(y.shape[0] == 2 and torch.isfinite(y).all() for y in scales)
+    sum(y.mean() for y in scales).backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    if exposes_features(net):
+        logits, features = net(x, features=True)
+        assert all(torch.equal(a, b) for a, b in zip(scales_of(logits), scales, strict=True))
+        assert all(len(layers) >= 1 for layers in feature_scales(features))
 
 
 BUILTIN_LOSSES = [c.name for c in REGISTRY.all("loss") if c.distribution == "img2img-pipeline"]

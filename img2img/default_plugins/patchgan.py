@@ -1,10 +1,12 @@
 """Discriminators: the 70x70 PatchGAN (``patchgan``) and the 1x1 PixelGAN (``pixel``) of pix2pix.
 
 Both return a map of raw logits, one per receptive field, rather than one value per image: a
-PatchGAN judges local texture and leaves global structure to the L1 / cycle losses.
+PatchGAN judges local texture and leaves global structure to the L1 / cycle losses. ``patchgan``
+also exposes its features (``forward(x, features=True)``) for the ``feature_matching`` loss.
 """
 from typing import Annotated
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -31,6 +33,18 @@ class NLayerDiscriminator(nn.Sequential):
                        norm_layer(norm, ndf * mult), nn.LeakyReLU(0.2, inplace=True)]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """The logit map; with ``features=True`` also the activation after each LeakyReLU (n_layers + 1
+        of them), for feature-matching losses: ``(logits, [f0, f1, ...])``."""
+        if not features:
+            return super().forward(x)
+        found = []
+        for layer in self:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                found.append(x)
+        return x, found
 
 
 class PixelDiscriminator(nn.Sequential):

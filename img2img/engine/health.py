@@ -9,7 +9,8 @@ one warning with a remedy:
   generator gives the same output whatever the input (mode collapse).
 - ``health/d_separation_<dir>``: the fraction of (real, translated) patch pairs the discriminator
   ranks the right way round (0.5: it cannot tell, 1: it always can), and ``health/d_gap_<dir>``, its
-  mean logit on real minus on translated images. Near 1 for long: the discriminator wins.
+  mean logit on real minus on translated images. Near 1 for long: the discriminator wins. A
+  multi-scale discriminator (a list of logits) gives the mean of these over its scales.
 - ``health/grad_<dir>``: the gradient norm at the translator's first layer after the step.
 - ``health/trend_<term>`` and ``health/swing_<term>`` of each adversarial loss term.
 
@@ -34,6 +35,7 @@ from torch import nn
 
 from img2img.engine.diagnosis import PREFIX, RECORD_FILE, Diagnoser, Finding, Names
 from img2img.errors import Img2ImgError, first_line
+from img2img.losses import scales_of
 from img2img.tasks.base import Task, unwrap
 
 DIVERSITY_SIZE = 32  # images are compared at (at most) this many pixels a side: layout and colour, not noise
@@ -136,9 +138,11 @@ def probe(task: Task, batch: dict[str, torch.Tensor]) -> dict[str, float]:
                     values[f"{PREFIX}diversity_{d}"] = torch.where(reference > 1e-6, spread / reference.clamp_min(1e-6),
                                                                     torch.full_like(spread, float("nan")))
                 if task.discriminator_key(d) is not None and tgt in batch:
-                    real, fake = task.judge(d, source, batch[tgt]).float(), task.judge(d, source, output).float()
-                    values[f"{PREFIX}d_separation_{d}"] = separation(real, fake)
-                    values[f"{PREFIX}d_gap_{d}"] = real.mean() - fake.mean()
+                    real, fake = scales_of(task.judge(d, source, batch[tgt])), scales_of(task.judge(d, source, output))
+                    values[f"{PREFIX}d_separation_{d}"] = torch.stack(
+                        [separation(r.float(), f.float()) for r, f in zip(real, fake)]).mean()
+                    values[f"{PREFIX}d_gap_{d}"] = torch.stack(
+                        [r.float().mean() - f.float().mean() for r, f in zip(real, fake)]).mean()
         extra = task.health_signals(batch, translators)
     names = list(values)
     out = dict(zip(names, torch.stack([v.float() for v in values.values()]).tolist())) if names else {}

@@ -375,9 +375,10 @@ class Task:
         names = [f"d_{direction[-1]}"] + (["d"] if len(self.directions) == 1 else [])
         return next((name for name in names if name in self.nets), None)
 
-    def judge(self, direction: str, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    def judge(self, direction: str, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits of the discriminator of `direction` for `output`, a real or translated image of
-        `source`. Conditional tasks override it (pix2pix judges the pair)."""
+        `source`: a tensor, or a list of them (one per scale; health averages its signals over the
+        scales). Conditional tasks override it (pix2pix judges the pair)."""
         return unwrap(self.nets[self.discriminator_key(direction)])(output)
 
     def health_signals(self, batch: dict[str, torch.Tensor], translators: dict[str, nn.Module]) -> dict[str, float]:
@@ -387,11 +388,15 @@ class Task:
     # -- end of training health --------------------------------------------------------------
 
 
-def size_multiple_of(spec: GeneratorSpec | dict) -> int:
-    """The `size_multiple` of a generator spec, from a meta-device build (no memory, no init)."""
+def meta_build(kind: str, spec: Any, **io: int) -> nn.Module:
+    """A component built on the meta device (no memory, no init): to read its attributes at validate time."""
     from img2img.registry import get_registry
 
     ref = spec.ref() if hasattr(spec, "ref") else dict(spec)
     with torch.device("meta"), _weights_left_uninitialised():  # no memory, whatever ngf says
-        net = get_registry().build("generator", ref, in_channels=3, out_channels=3)
-    return int(getattr(net, "size_multiple", 1))
+        return get_registry().build(kind, ref, **io)
+
+
+def size_multiple_of(spec: GeneratorSpec | dict) -> int:
+    """The `size_multiple` of a generator spec, from a meta-device build (no memory, no init)."""
+    return int(getattr(meta_build("generator", spec, in_channels=3, out_channels=3), "size_multiple", 1))

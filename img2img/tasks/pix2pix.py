@@ -2,6 +2,8 @@
 
 Defaults are the reference recipe: U-Net-256 with batch norm and dropout 0.5, vanilla GAN loss,
 L1 weight 100, a discriminator that sees the input and output concatenated, no history pool.
+``losses.feature_matching`` (off by default) adds pix2pixHD's discriminator feature matching, for a
+discriminator that exposes its features; multi-scale discriminators (a list of logits) need nothing.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from pydantic import Field
 
 from img2img.config import DiscriminatorSpec, GeneratorSpec, LossSpec, PipelineBase, StrictModel, TrainConfig
 from img2img.hookspecs import hookimpl
-from img2img.tasks.base import Task, set_requires_grad, unwrap
+from img2img.losses import exposes_features
+from img2img.tasks.base import Task, meta_build, set_requires_grad, unwrap
 
 
 class Pix2PixModel(StrictModel):
@@ -24,6 +27,9 @@ class Pix2PixModel(StrictModel):
 class Pix2PixLosses(StrictModel):
     adversarial: LossSpec = Field(default_factory=lambda: LossSpec(name="vanilla"))
     reconstruction: LossSpec = Field(default_factory=lambda: LossSpec(name="l1", weight=100.0))
+    feature_matching: LossSpec = Field(default_factory=lambda: LossSpec(name="feature_matching", weight=0.0))
+    """pix2pixHD's term (weight 10 there): L1 between the discriminator's features of (input, target)
+    and of (input, translation), both from the discriminator as it is after its update; 0 is off."""
 
 
 class Pix2PixTrain(TrainConfig):
@@ -47,6 +53,22 @@ class Pix2Pix(Task):
     discriminators = {"a2b": "d"}  # training health
     adversarial_terms = {"a2b": ("g_adv", "d")}
 
+    @classmethod
+    def validate(cls, pipeline: Pix2PixPipeline) -> list[tuple[str, str]]:
+        problems = super().validate(pipeline)
+        fm = pipeline.losses.feature_matching
+        if fm.weight > 0:
+            spec = pipeline.model.discriminator
+            try:
+                net = meta_build("discriminator", spec, in_channels=pipeline.data.channels.a + pipeline.data.channels.b)
+            except Exception:  # a factory that cannot build on the meta device: training will tell
+                net = None
+            if net is not None and not exposes_features(net):
+                problems.append(("losses.feature_matching.weight",
+                                 f"discriminator '{spec.name}' does not expose its features (its forward takes no "
+                                 "features=True): use one that does, such as patchgan, or set the weight to 0"))
+        return problems
+
     def build(self) -> None:
         p = self.pipeline
         ca, cb = p.data.channels.a, p.data.channels.b
@@ -55,6 +77,8 @@ class Pix2Pix(Task):
         self.adversarial = self.build_loss(p.losses.adversarial)
         self.reconstruction = self.build_loss(p.losses.reconstruction)
         self.w_adv, self.w_rec = p.losses.adversarial.weight, p.losses.reconstruction.weight
+        self.w_fm = p.losses.feature_matching.weight
+        self.feature_matching = self.build_loss(p.losses.feature_matching) if self.w_fm > 0 else None
         self.optimizers["g"] = self.adam(self.nets["g"].parameters(), "g")
         self.optimizers["d"] = self.adam(self.nets["d"].parameters(), "d")
 
@@ -74,9 +98,18 @@ class Pix2Pix(Task):
         self.optimise(loss_d, self.optimizers["d"])
         set_requires_grad([d], False)
         with self.amp.autocast():
-            losses["g_adv"] = self.adversarial.g_loss(unwrap(d)(torch.cat([a, fake], 1))) * self.w_adv
+            if self.feature_matching is None:
+                losses["g_adv"] = self.adversarial.g_loss(unwrap(d)(torch.cat([a, fake], 1))) * self.w_adv
+            else:
+                with torch.no_grad():
+                    _, real_features = unwrap(d)(real_pair, features=True)
+                fake_logits, fake_features = unwrap(d)(torch.cat([a, fake], 1), features=True)
+                losses["g_adv"] = self.adversarial.g_loss(fake_logits) * self.w_adv
+                losses["feature_matching"] = self.feature_matching(fake_features, real_features) * self.w_fm
             losses["rec"] = self.reconstruction(fake, b) * self.w_rec
             loss_g = losses["g_adv"] + losses["rec"]
+            if "feature_matching" in losses:
+                loss_g = loss_g + losses["feature_matching"]
         self.optimise(loss_g, self.optimizers["g"])
         set_requires_grad([d], True)
         self.amp.update()

@@ -74,12 +74,22 @@ def test_metadata_tells_a_deployer_everything(translate_onnx):
     assert meta["generator"] == "resnet_6blocks" and json.loads(meta["generator_params"])["ngf"] == 4
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 3, 29, 41), (3, 3, 16, 16), (1, 3, 64, 96)])
+@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 3, 29, 41), (3, 3, 16, 16), (1, 3, 64, 96),
+                                   (1, 3, 1, 2), (2, 3, 3, 2), (1, 3, 1, 40), (1, 3, 4, 4)])
 def test_onnxruntime_matches_torch_at_any_size_and_batch(translate_run, translate_onnx, shape):
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(3)) * 2 - 1
     got = session(translate_onnx).run(["translated"], {"image": x.numpy()})[0]
     assert got.shape == shape and got.dtype == np.float32
     assert np.abs(got - torch_reference(translate_run, x)).max() < 1e-4
+
+
+def test_plain_onnxruntime_translates_a_one_pixel_image(translate_onnx):
+    """The graph pads a 1 x 1 input up to the smallest size its resnet runs on (its instance norm and
+    reflection padding fail at the multiple of 4 alone) and crops back; the metadata says so."""
+    meta = {p.key: p.value for p in onnx.load(str(translate_onnx)).metadata_props}
+    assert meta["min_size"] == "1"
+    got = session(translate_onnx).run(["translated"], {"image": np.zeros((1, 3, 1, 1), np.float32)})[0]
+    assert got.shape == (1, 3, 1, 1) and np.isfinite(got).all()
 
 
 def test_export_prints_the_measured_parity_and_leaves_one_file(tmp_path):

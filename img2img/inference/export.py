@@ -1,8 +1,8 @@
 """Export a trained generator: ONNX (checked against torch in onnxruntime) or safetensors.
 
 The ONNX graph is the generator wrapped in `SizeAdapter`: it pads any height and width to the
-generator's size multiple and crops back, so the deployed file takes any image of at least 16 x 16
-pixels. Input ``image`` and output ``translated`` are float32 NCHW in [-1, 1] with dynamic batch,
+generator's size multiple (and up to the smallest size the generator runs on) and crops back, so
+the deployed file takes any image, down to 1 x 1 pixel. Input ``image`` and output ``translated`` are float32 NCHW in [-1, 1] with dynamic batch,
 height and width; ``metadata_props`` say everything else a deployer needs (channels, value range,
 pre- and postprocessing, direction, task, pipeline, img2img version).
 """
@@ -27,7 +27,7 @@ from img2img.engine.checkpoint import LoadedGenerator, load_generator
 from img2img.engine.checkpoint import size_multiple as multiple_of
 from img2img.errors import Img2ImgError, first_line
 from img2img.inference.normstats import apply_norm_stats, check_norm_stats
-from img2img.inference.tiling import SizeAdapter
+from img2img.inference.tiling import SizeAdapter, minimum_size
 
 __all__ = ["export", "export_generator", "load_safetensors_generator", "onnx_metadata", "PARITY_FP16",
            "PARITY_FP32", "MIN_SIZE"]
@@ -36,10 +36,11 @@ PARITY_FP32 = 1e-4
 """Largest max-abs difference between onnxruntime and torch accepted for a float32 export."""
 PARITY_FP16 = 2e-2
 """The same for ``--half`` (float16 weights and arithmetic, compared with the float32 torch model)."""
-MIN_SIZE = 16
+MIN_SIZE = 1
+"""The smallest height and width an exported graph takes (it pads smaller images up itself)."""
 EXTERNAL_DATA_BYTES = 1_800_000_000
 """Weights above this go to ``<file>.data`` beside the model (protobuf caps one file at 2 GB)."""
-PARITY_SHAPES = ((1, 37, 53), (2, 45, 31))  # (batch, height, width): odd sizes, not the training size
+PARITY_SHAPES = ((1, 37, 53), (2, 45, 31), (1, 1, 3))  # (batch, height, width): odd sizes, not the training size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,11 +204,12 @@ def export_generator(generator: nn.Module, out: Path, *, in_channels: int, out_c
     console = console or Console()
     out = Path(out)
     generator = generator.eval().cpu().float()
-    reference = SizeAdapter(generator, size_multiple).eval()
-    wrapped = SizeAdapter(_Half(generator) if half else generator, size_multiple).eval()
+    example = torch.rand(2, in_channels, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    smallest = minimum_size(generator, size_multiple, example)  # a constant of the graph's padding
+    reference = SizeAdapter(generator, size_multiple, smallest).eval()
+    wrapped = SizeAdapter(_Half(generator) if half else generator, size_multiple, smallest).eval()
     meta = onnx_metadata(in_channels=in_channels, out_channels=out_channels, size_multiple=size_multiple,
                          half=half, extra=metadata)
-    example = torch.rand(2, in_channels, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     batch, height, width = (torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("height", min=MIN_SIZE),
                             torch.export.Dim("width", min=MIN_SIZE))
     chatter = io.StringIO()

@@ -134,9 +134,9 @@ class NotATorchFile(Img2ImgError):
         super().__init__(f"{path} is {kind}, not a file torch.save writes")
 
 
-def build_checked(build: Callable[[], nn.Module], shapes: Mapping[str, tuple[int, ...]], what: str) -> nn.Module:
-    """`build()` for real only after a build on the meta device (no memory) has the tensor shapes the file
-    stores, so metadata that describes a far larger network than the file holds allocates nothing.
+def build_checked(build: Callable[[str], nn.Module], shapes: Mapping[str, tuple[int, ...]], what: str) -> nn.Module:
+    """`build("cpu")` only after `build("meta")` (no memory; `build` gets the device) has the tensor shapes
+    the file stores, so metadata that describes a far larger network than the file holds allocates nothing.
 
     `what` starts the error ("X is damaged: its weights do not fit the generator its metadata describes").
     A network that cannot be built on the meta device is built for real (and its shapes checked after).
@@ -145,7 +145,7 @@ def build_checked(build: Callable[[], nn.Module], shapes: Mapping[str, tuple[int
 
     try:
         with torch.device("meta"), _weights_left_uninitialised():
-            meta = build()
+            meta = build("meta")
         own = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
     except Img2ImgError:
         raise
@@ -155,7 +155,7 @@ def build_checked(build: Callable[[], nn.Module], shapes: Mapping[str, tuple[int
         problems = shape_problems(own, shapes)
         if problems:
             raise Img2ImgError(f"{what} ({problems})")
-    return build()
+    return build("cpu")
 
 
 def shape_problems(own: Mapping[str, tuple[int, ...]], stored: Mapping[str, tuple[int, ...]]) -> str:

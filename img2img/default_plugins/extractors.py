@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, first_line
 from img2img.evaluation.weights import WeightsFile
 from img2img.hookspecs import hookimpl
+from img2img.tensorfile import NotATorchFile, load_weights_only
 
 INCEPTION = WeightsFile(
     name="inception_v3",
@@ -67,12 +68,17 @@ def inception_v3(*, weights: Path | None = None) -> nn.Module:
 
     path = INCEPTION.locate(weights)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(Path(path), f"Get the right file with `{INCEPTION.command}`.")
         net = build(weights=None, aux_logits=True, transform_input=False, init_weights=False)
         net.load_state_dict(state)
-    except Exception as exc:  # a wrong or truncated file: name it, whatever torch says
+    except Img2ImgError as exc:  # refused (pickled objects, crafted tensors) or another kind of file
+        if isinstance(exc, NotATorchFile):
+            raise Img2ImgError(f"{path} is not a torchvision Inception v3 state_dict: it is {exc.kind}. Get the "
+                               f"right file with `{INCEPTION.command}`") from None
+        raise
+    except Exception as exc:  # a wrong or truncated file: name it, in a line of our own words
         raise Img2ImgError(f"{path} is not a torchvision Inception v3 state_dict ({type(exc).__name__}: "
-                           f"{str(exc)[:200]}). Get the right file with `{INCEPTION.command}`") from None
+                           f"{first_line(exc)[:200]}). Get the right file with `{INCEPTION.command}`") from None
     return InceptionFeatures(net)
 
 

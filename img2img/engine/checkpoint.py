@@ -281,11 +281,11 @@ def load_translator(path: Path, direction: str = "a2b", *, use_ema: bool = True)
     what = f"{where} is damaged: its {direction} translator weights do not fit the translator its pipeline describes"
     tasks = []  # the task the real build made (the last one)
 
-    def build() -> torch.nn.Module:
+    def build(device: str) -> torch.nn.Module:
         if written_for_generator(task_cls):  # an img2img 0.1 task: its generator comes from the built task
-            tasks.append(task_cls(pipeline, device="cpu"))
+            tasks.append(task_cls(pipeline, device=device))
             return tasks[-1].generator(direction)
-        tasks.append(task_cls.for_inference(pipeline, device="cpu"))
+        tasks.append(task_cls.for_inference(pipeline, device=device))
         return tasks[-1].build_translator(direction)
 
     # built first on the meta device: a pipeline that describes a far larger network than the weights

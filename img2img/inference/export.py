@@ -28,6 +28,7 @@ from img2img.engine.checkpoint import size_multiple as multiple_of
 from img2img.errors import Img2ImgError, first_line
 from img2img.inference.normstats import apply_norm_stats, check_norm_stats
 from img2img.inference.tiling import SizeAdapter, minimum_size
+from img2img.tensorfile import build_checked
 
 __all__ = ["export", "export_generator", "load_safetensors_generator", "onnx_metadata", "PARITY_FP16",
            "PARITY_FP32", "MIN_SIZE"]
@@ -344,47 +345,83 @@ def load_safetensors_generator(path: Path) -> LoadedGenerator:
     if not path.is_file():
         raise Img2ImgError(f"no such safetensors file: {path}")
     sidecar = _sidecar_path(path)
+    try:  # safetensors checks the header's offsets against the file's size before anything is read
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("img2img")
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # SafetensorError (garbage, truncated, a header that lies), OSError
+        raise Img2ImgError(f"{path} is not a readable safetensors file ({first_line(exc)}); it may be truncated "
+                           "or of another program. Export it again with `img2img export --format safetensors`") from None
+    described = sidecar if sidecar.is_file() else path
     try:
         if sidecar.is_file():
             info = json.loads(sidecar.read_text())
+        elif raw is None:
+            raise Img2ImgError(f"{path} has no img2img description: {sidecar.name} is missing and the file "
+                               "carries none; export it again with `img2img export --format safetensors`")
         else:
-            with safe_open(str(path), framework="pt") as fh:
-                raw = (fh.metadata() or {}).get("img2img")
-            if raw is None:
-                raise Img2ImgError(f"{path} has no img2img description: {sidecar.name} is missing and the file "
-                                   "carries none; export it again with `img2img export --format safetensors`")
             info = json.loads(raw)
-        state = load_file(str(path))
-    except Img2ImgError:
-        raise
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise Img2ImgError(f"{path} is not a readable img2img safetensors export ({first_line(exc)})") from None
-    if info.get("format") != "img2img-generator":
-        raise Img2ImgError(f"{sidecar if sidecar.is_file() else path} does not describe an img2img generator")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Img2ImgError(f"{described} does not hold a readable img2img description ({first_line(exc)}); "
+                           "export it again with `img2img export --format safetensors`") from None
+    info = _checked_description(info, described)
     spec = dict(info["generator"])
     registry = get_registry()
     name = spec.get("name")
     pipeline = pipeline_from_dict(info["pipeline"])
     task_cls = registry.get("task", pipeline.task).factory
+    cin, cout = info["in_channels"], info["out_channels"]
     if _builds_own_translator(task_cls):  # e.g. decoder_b(encoder_a(x)), or a generator not at model.generator
-        module = task_cls.for_inference(pipeline, device="cpu").build_translator(info["direction"])
+        def build(device: str) -> nn.Module:
+            return task_cls.for_inference(pipeline, device=device).build_translator(info["direction"])
+
         name = f"{pipeline.task} translator"
     elif not registry.has("generator", name):
         raise Img2ImgError(f"{path} needs the generator '{name}', which no installed plugin provides; "
                            "install the plugin it was trained with")
     else:
-        module = registry.build("generator", spec, in_channels=int(info["in_channels"]),
-                                out_channels=int(info["out_channels"]))
+        def build(device: str) -> nn.Module:  # the meta build runs under torch.device("meta")
+            return registry.build("generator", spec, in_channels=cin, out_channels=cout)
+    # on the meta device first: a description of a far larger network than the tensors stored allocates nothing
+    module = build_checked(build, shapes, f"{path} does not fit {name} with {spec} and {cin} -> {cout} channels "
+                                          f"(as {described.name} describes it)")
     try:
+        state = load_file(str(path))
         module.load_state_dict(state)
-    except RuntimeError as exc:
+    except Exception as exc:  # a dtype torch cannot copy, a file changed while read
         raise Img2ImgError(f"{path} does not fit {name} with {spec}: {first_line(exc)}") from None
     module.eval()
-    return LoadedGenerator(module=module.float(), direction=info["direction"], in_channels=int(info["in_channels"]),
-                           out_channels=int(info["out_channels"]),
+    return LoadedGenerator(module=module.float(), direction=info["direction"], in_channels=cin, out_channels=cout,
                            size_multiple=multiple_of(module) if multiple_of(module) > 1
                            else int(info.get("size_multiple", 1)),
                            pipeline=pipeline, ema=bool(info.get("ema")), checkpoint=path)
+
+
+def _checked_description(info: Any, where: Path) -> dict[str, Any]:
+    """The img2img description of a safetensors export, every field it needs present and of its type."""
+    if not isinstance(info, dict):
+        raise Img2ImgError(f"{where} does not describe an img2img generator: its description is a JSON "
+                           f"{type(info).__name__}, not an object")
+    if info.get("format") != "img2img-generator":
+        raise Img2ImgError(f"{where} does not describe an img2img generator")
+    wrong = []
+    for key, kind in (("generator", dict), ("pipeline", dict), ("direction", str), ("in_channels", int),
+                      ("out_channels", int)):
+        value = info.get(key)
+        if key not in info:
+            wrong.append(f"no '{key}'")
+        elif not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
+            wanted = {int: "a positive whole number", dict: "a JSON object", str: "a string"}[kind]
+            wrong.append(f"'{key}' is {json.dumps(value)[:40]}, not {wanted}")
+    if not wrong and not isinstance(info["generator"].get("name"), str):
+        wrong.append("'generator' has no 'name'")
+    size_multiple = info.get("size_multiple", 1)
+    if not isinstance(size_multiple, int) or isinstance(size_multiple, bool) or size_multiple < 1:
+        wrong.append(f"'size_multiple' is {json.dumps(size_multiple)[:40]}, not a positive whole number")
+    if wrong:
+        raise Img2ImgError(f"{where} is not a valid img2img safetensors description: {'; '.join(wrong)}. "
+                           "Export it again with `img2img export --format safetensors`")
+    return info
 
 
 def _builds_own_translator(task_cls: type) -> bool:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from img2img.inference import export as export_module
 from img2img.engine.checkpoint import load_generator
 from img2img.cli import app
+from cli_support import user_error
 from img2img.errors import Img2ImgError
 from img2img.inference.export import export, export_generator, load_safetensors_generator
 from img2img.inference.tiling import SizeAdapter
@@ -204,3 +205,32 @@ def test_cli_export_user_errors_exit_one(translate_run, tmp_path, args, message)
 def test_cli_export_bad_usage_exits_two(translate_run, tmp_path):
     result = runner.invoke(app, ["export", str(translate_run), "--out", str(tmp_path / "g.onnx"), "--opset", "9"])
     assert result.exit_code == 2
+
+
+def test_export_never_replaces_a_file_that_is_not_an_earlier_export(translate_run, tmp_path):
+    from PIL import Image
+
+    picture = tmp_path / "pic.png"
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(picture)
+    before = picture.read_bytes()
+    result = runner.invoke(app, ["export", str(translate_run), "--out", str(picture), "--no-check"])
+    out = user_error(result, f"--out {picture} already exists and it is a PNG image", "--overwrite")
+    assert picture.read_bytes() == before
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("my notes")
+    user_error(runner.invoke(app, ["export", str(translate_run), "--out", str(notes), "--format", "safetensors"]),
+               f"--out {notes} already exists", "--overwrite")
+    assert notes.read_text() == "my notes"
+    assert "note:" in out and "does not end in .onnx" in out  # the suffix is named before the refusal
+
+    forced = runner.invoke(app, ["export", str(translate_run), "--out", str(picture), "--no-check", "--overwrite"])
+    assert forced.exit_code == 0, forced.output
+    assert onnx.load(str(picture)).graph.input[0].name == "image"
+
+
+def test_an_earlier_export_of_the_same_format_is_replaced_without_overwrite(translate_run, tmp_path):
+    target = tmp_path / "g.onnx"
+    for _ in range(2):
+        result = runner.invoke(app, ["export", str(translate_run), "--out", str(target), "--no-check"])
+        assert result.exit_code == 0, result.output
+        assert "note:" not in result.output

@@ -320,3 +320,21 @@ def test_cli_translate_user_errors_exit_one_without_traceback(translate_run, tmp
     result = runner.invoke(app, ["translate", str(src), "--model", model, "--out", out])
     assert result.exit_code == 1
     assert expected in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_an_input_linked_into_the_output_folder_is_left_alone(translator, tmp_path):
+    out = tmp_path / "c6out"
+    out.mkdir()
+    precious = out / "photo.png"
+    Image.fromarray(rgb(20, 20, 4)).save(precious)
+    before = precious.read_bytes()
+    inputs = tmp_path / "c6in"
+    inputs.mkdir()
+    (inputs / "photo.png").symlink_to(precious)
+    Image.fromarray(rgb(20, 20, 5)).save(inputs / "other.png")
+    console = quiet()
+    report = translator.translate_files([inputs], out, overwrite=True, console=console)
+    assert precious.read_bytes() == before
+    assert [p.name for p in report.written] == ["other.png"]
+    assert [p.name for p, _ in report.failed] == ["photo.png"]
+    assert "never replaces an input" in " ".join(text_of(console).split())

@@ -64,8 +64,11 @@ def _load(model: Path, direction: str, use_ema: bool) -> LoadedGenerator:
 
 def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, half: bool = False,
            fmt: str = "onnx", use_ema: bool = True, check: bool = True, console: Console | None = None,
-           norm_stats: str = "running") -> Path:
+           norm_stats: str = "running", overwrite: bool = False) -> Path:
     """Export the `direction` generator of a run/checkpoint to `out` (ONNX or safetensors); returns `out`.
+
+    An existing `out` is replaced only when it is an earlier img2img export of the same format, or with
+    `overwrite`; any other file there is kept and the export refused.
 
     `norm_stats` ``"batch"`` writes a graph whose batch-norm layers use each image's own statistics (the
     reference's test.py); the parity check compares it with the torch model in that same mode.
@@ -81,6 +84,7 @@ def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, h
     if fmt == "safetensors" and out.suffix.lower() == ".onnx":
         raise Img2ImgError(f"--out {out} ends in .onnx but --format is safetensors; name it .safetensors")
     _refuse_overwriting_the_model(Path(model), out, fmt)
+    _check_replacing(out, fmt, overwrite, console)
     check_norm_stats(norm_stats)
     if fmt == "safetensors" and norm_stats != "running":
         raise Img2ImgError("--norm-stats batch applies to ONNX export; a safetensors file holds the weights only "
@@ -112,6 +116,40 @@ def _refuse_overwriting_the_model(model: Path, out: Path, fmt: str) -> None:
     if out.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise Img2ImgError(f"--out {out} ends in {out.suffix}, the name of a checkpoint; an export is a .{fmt} file: "
                            f"name it e.g. {out.with_suffix('.' + fmt)}")
+
+
+def _check_replacing(out: Path, fmt: str, overwrite: bool, console: Console) -> None:
+    """Refuse to replace a file that is not an earlier export of this format (without `overwrite`); note
+    an --out whose suffix is not the format's."""
+    if out.suffix.lower() != f".{fmt}":
+        console.print(f"[yellow]note:[/] --out {out} does not end in .{fmt}; the file written is {fmt.upper()} "
+                      f"whatever its name (e.g. {out.with_suffix('.' + fmt)})", highlight=False)
+    if overwrite or not out.exists():
+        return
+    if out.is_file() and _is_img2img_export(out, fmt):
+        return  # an earlier export of the same kind: exporting again replaces it, as a build replaces its output
+    from img2img.tensorfile import foreign_kind
+
+    kind = foreign_kind(out) if out.is_file() else None
+    what = f"it is {kind}" if kind else f"it is not an earlier img2img {fmt} export"
+    raise Img2ImgError(f"--out {out} already exists and {what}; export replaces only its own earlier files. "
+                       f"Choose another file name, or add --overwrite to replace {out.name}")
+
+
+def _is_img2img_export(path: Path, fmt: str) -> bool:
+    """`path` is a file img2img export wrote in `fmt` (its metadata carries img2img's marks)."""
+    try:
+        if fmt == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                return "img2img" in (fh.metadata() or {})
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        return any(p.key == "img2img_version" for p in model.metadata_props)
+    except Exception:  # not parseable as that format: not ours
+        return False
 
 
 def _generator_spec(loaded: LoadedGenerator) -> dict[str, Any]:

@@ -234,3 +234,26 @@ def test_an_earlier_export_of_the_same_format_is_replaced_without_overwrite(tran
         result = runner.invoke(app, ["export", str(translate_run), "--out", str(target), "--no-check"])
         assert result.exit_code == 0, result.output
         assert "note:" not in result.output
+
+
+def test_onnxruntime_stores_no_device_id_under_home(translate_run, tmp_path):
+    """onnxruntime writes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ (a device id, an event store)
+    when it loads, unless ORT_DISABLE_TELEMETRY is set: img2img sets it for export, translate and serve."""
+    import subprocess
+    import sys
+
+    from img2img.testing import write_images
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
+    write_images(tmp_path / "in", 1, 16)
+    for args in (["export", str(translate_run), "--out", str(tmp_path / "g.onnx")],
+                 ["translate", str(tmp_path / "in"), "--model", str(tmp_path / "g.onnx"), "--out", str(tmp_path / "out"),
+                  "--device", "cpu"]):
+        result = subprocess.run([sys.executable, "-m", "img2img", *args], env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "out" / "img000.png").is_file()
+    assert not (home / ".cache" / "Microsoft").exists(), sorted(str(p) for p in home.rglob("*"))

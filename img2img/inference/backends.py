@@ -22,6 +22,16 @@ from img2img.errors import Img2ImgError, first_line
 from img2img.inference.tiling import InstanceNormStats, SizeAdapter, choose_tile_norm
 
 
+def import_onnxruntime():
+    """onnxruntime with its telemetry events off (unless ORT_DISABLE_TELEMETRY=0): img2img sends nothing
+    anywhere, and `img2img` sets ORT_DISABLE_TELEMETRY=1 so that onnxruntime stores no device id either."""
+    import onnxruntime as ort
+
+    if os.environ.get("ORT_DISABLE_TELEMETRY", "1") != "0":
+        ort.disable_telemetry_events()
+    return ort
+
+
 def physical_cores() -> int:
     """Physical cores this process may run on (hyper-threads share a core's arithmetic units)."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
@@ -112,7 +122,7 @@ class OnnxBackend:
 
     def __init__(self, path: Path, device: str = "auto", precision: str = "fp32", direction: str | None = None,
                  channels_last: bool = False):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         path = Path(path)
         if channels_last:

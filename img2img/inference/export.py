@@ -297,8 +297,9 @@ def export_generator(generator: nn.Module, out: Path, *, in_channels: int, out_c
 
 def _parity(path: Path, reference: nn.Module, channels: int) -> tuple[float, str]:
     """Max abs difference of onnxruntime vs torch (float32) on random inputs of odd sizes."""
-    import onnxruntime as ort
+    from img2img.inference.backends import import_onnxruntime
 
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -129,7 +129,8 @@ class SizeAdapter(nn.Module):
     the same out, down to 1 x 1.
 
     `min_size` is the smallest side the generator runs on; left out, it is found (`minimum_size`) the
-    first time an image smaller than `safe_size` arrives. An exported graph carries it as a constant.
+    first time an image smaller than `safe_size` fails in the generator. An exported graph carries it
+    as a constant.
     """
 
     def __init__(self, generator: nn.Module, multiple: int, min_size: int | None = None):
@@ -140,10 +141,14 @@ class SizeAdapter(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2], image.shape[-1]
-        if self.min_size is None and min(padded_size(h, self.multiple), padded_size(w, self.multiple)) \
-                < safe_size(self.multiple):
+        small = min(padded_size(h, self.multiple), padded_size(w, self.multiple)) < safe_size(self.multiple)
+        if self.min_size is not None or not small:
+            return self.generator(pad_to_multiple(image, self.multiple, self.min_size or 1))[:, :, :h, :w]
+        try:  # most generators run on any multiple: no probe unless this one does not
+            return self.generator(pad_to_multiple(image, self.multiple))[:, :, :h, :w]
+        except (RuntimeError, ValueError):
             self.min_size = minimum_size(self.generator, self.multiple, image)
-        return self.generator(pad_to_multiple(image, self.multiple, self.min_size or 1))[:, :, :h, :w]
+        return self.generator(pad_to_multiple(image, self.multiple, self.min_size))[:, :, :h, :w]
 
 
 # ---------------------------------------------------------------------------------------------

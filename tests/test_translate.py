@@ -11,6 +11,7 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
+from cli_support import user_error
 from img2img.engine.checkpoint import load_generator
 from img2img.cli import app
 from img2img.data import image_bit_depth, read_image
@@ -338,3 +339,14 @@ def test_an_input_linked_into_the_output_folder_is_left_alone(translator, tmp_pa
     assert [p.name for p in report.written] == ["other.png"]
     assert [p.name for p, _ in report.failed] == ["photo.png"]
     assert "never replaces an input" in " ".join(text_of(console).split())
+
+
+def test_a_picture_given_as_the_model_is_called_a_picture_not_a_pickle(tmp_path):
+    horse = tmp_path / "horse.png"
+    Image.fromarray(rgb(8, 8)).save(horse)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb(8, 8, 1)).save(tmp_path / "in" / "x.png")
+    result = runner.invoke(app, ["translate", str(tmp_path / "in"), "--model", str(horse), "--out",
+                                 str(tmp_path / "out")])
+    out = user_error(result, f"{horse} is not an img2img checkpoint: it is a PNG image")
+    assert "pickle" not in out and "nothing in the file was run" not in out

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from img2img.inference import export as export_module
 from img2img.engine.checkpoint import load_generator
 from img2img.cli import app
+from cli_support import user_error
 from img2img.errors import Img2ImgError
 from img2img.inference.export import export, export_generator, load_safetensors_generator
 from img2img.inference.tiling import SizeAdapter
@@ -74,12 +75,22 @@ def test_metadata_tells_a_deployer_everything(translate_onnx):
     assert meta["generator"] == "resnet_6blocks" and json.loads(meta["generator_params"])["ngf"] == 4
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 3, 29, 41), (3, 3, 16, 16), (1, 3, 64, 96)])
+@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 3, 29, 41), (3, 3, 16, 16), (1, 3, 64, 96),
+                                   (1, 3, 1, 2), (2, 3, 3, 2), (1, 3, 1, 40), (1, 3, 4, 4)])
 def test_onnxruntime_matches_torch_at_any_size_and_batch(translate_run, translate_onnx, shape):
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(3)) * 2 - 1
     got = session(translate_onnx).run(["translated"], {"image": x.numpy()})[0]
     assert got.shape == shape and got.dtype == np.float32
     assert np.abs(got - torch_reference(translate_run, x)).max() < 1e-4
+
+
+def test_plain_onnxruntime_translates_a_one_pixel_image(translate_onnx):
+    """The graph pads a 1 x 1 input up to the smallest size its resnet runs on (its instance norm and
+    reflection padding fail at the multiple of 4 alone) and crops back; the metadata says so."""
+    meta = {p.key: p.value for p in onnx.load(str(translate_onnx)).metadata_props}
+    assert meta["min_size"] == "1"
+    got = session(translate_onnx).run(["translated"], {"image": np.zeros((1, 3, 1, 1), np.float32)})[0]
+    assert got.shape == (1, 3, 1, 1) and np.isfinite(got).all()
 
 
 def test_export_prints_the_measured_parity_and_leaves_one_file(tmp_path):
@@ -194,3 +205,55 @@ def test_cli_export_user_errors_exit_one(translate_run, tmp_path, args, message)
 def test_cli_export_bad_usage_exits_two(translate_run, tmp_path):
     result = runner.invoke(app, ["export", str(translate_run), "--out", str(tmp_path / "g.onnx"), "--opset", "9"])
     assert result.exit_code == 2
+
+
+def test_export_never_replaces_a_file_that_is_not_an_earlier_export(translate_run, tmp_path):
+    from PIL import Image
+
+    picture = tmp_path / "pic.png"
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(picture)
+    before = picture.read_bytes()
+    result = runner.invoke(app, ["export", str(translate_run), "--out", str(picture), "--no-check"])
+    out = user_error(result, f"--out {picture} already exists and it is a PNG image", "--overwrite")
+    assert picture.read_bytes() == before
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("my notes")
+    user_error(runner.invoke(app, ["export", str(translate_run), "--out", str(notes), "--format", "safetensors"]),
+               f"--out {notes} already exists", "--overwrite")
+    assert notes.read_text() == "my notes"
+    assert "note:" in out and "does not end in .onnx" in out  # the suffix is named before the refusal
+
+    forced = runner.invoke(app, ["export", str(translate_run), "--out", str(picture), "--no-check", "--overwrite"])
+    assert forced.exit_code == 0, forced.output
+    assert onnx.load(str(picture)).graph.input[0].name == "image"
+
+
+def test_an_earlier_export_of_the_same_format_is_replaced_without_overwrite(translate_run, tmp_path):
+    target = tmp_path / "g.onnx"
+    for _ in range(2):
+        result = runner.invoke(app, ["export", str(translate_run), "--out", str(target), "--no-check"])
+        assert result.exit_code == 0, result.output
+        assert "note:" not in result.output
+
+
+def test_onnxruntime_stores_no_device_id_under_home(translate_run, tmp_path):
+    """onnxruntime writes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ (a device id, an event store)
+    when it loads, unless ORT_DISABLE_TELEMETRY is set: img2img sets it for export, translate and serve."""
+    import subprocess
+    import sys
+
+    from img2img.testing import write_images
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
+    write_images(tmp_path / "in", 1, 16)
+    for args in (["export", str(translate_run), "--out", str(tmp_path / "g.onnx")],
+                 ["translate", str(tmp_path / "in"), "--model", str(tmp_path / "g.onnx"), "--out", str(tmp_path / "out"),
+                  "--device", "cpu"]):
+        result = subprocess.run([sys.executable, "-m", "img2img", *args], env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "out" / "img000.png").is_file()
+    assert not (home / ".cache" / "Microsoft").exists(), sorted(str(p) for p in home.rglob("*"))

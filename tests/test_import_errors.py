@@ -200,3 +200,17 @@ def test_nested_half_precision_state_dicts_import(tmp_path):
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), net.half().float()(x), atol=1e-5, rtol=0)
+
+
+def test_an_out_that_contains_the_input_is_refused_even_with_overwrite(files, tmp_path):
+    run = tmp_path / "imp1"
+    first = runner.invoke(app, ["import", "reference", str(files / "latest_net_G_A.pth"), "--out", str(run)])
+    assert first.exit_code == 0, first.output
+    inside = run / "latest_net_G_A.pth"
+    inside.write_bytes((files / "latest_net_G_A.pth").read_bytes())
+    result = runner.invoke(app, ["import", "reference", str(inside), "--out", str(run), "--overwrite"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"--out {run} contains the input {inside}" in text
+    assert inside.read_bytes() == (files / "latest_net_G_A.pth").read_bytes()
+    assert (run / "checkpoints" / "last.pt").is_file()

@@ -265,7 +265,7 @@ def test_checkpoint_from_a_newer_img2img(translate_run, tmp_path):
                       "pip install -U")
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "text", "not-a-dict", "no-translators"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "text", "picture", "not-a-dict", "no-translators"])
 def test_damaged_checkpoints_are_named(translate_run, tmp_path, damage):
     good = (translate_run / "checkpoints" / "last.pt").read_bytes()
     path = tmp_path / "model.pt"
@@ -277,7 +277,11 @@ def test_damaged_checkpoints_are_named(translate_run, tmp_path, damage):
         expected = "is not a readable img2img checkpoint"
     elif damage == "text":
         path.write_text("epoch=3 loss=0.1\n")
-        expected = "is not a readable img2img checkpoint"
+        expected = "is not an img2img checkpoint: it is a text file"
+    elif damage == "picture":  # a picture given as a model is not called a pickle
+        path = tmp_path / "horse.png"
+        Image.new("RGB", (8, 8)).save(path)
+        expected = "is not an img2img checkpoint: it is a PNG image"
     elif damage == "not-a-dict":
         torch.save([torch.zeros(2)], path)
         expected = "is not an img2img checkpoint"
@@ -286,7 +290,8 @@ def test_damaged_checkpoints_are_named(translate_run, tmp_path, damage):
         del state["translators"]
         torch.save(state, path)
         expected = "missing or wrong translators (expected dict)"
-    assert_user_error(invoke("export", path, "--out", tmp_path / "g.onnx"), path, expected)
+    text = assert_user_error(invoke("export", path, "--out", tmp_path / "g.onnx"), path, expected)
+    assert "pickle" not in text
     assert_user_error(invoke("train", "--resume", path), path, expected)
 
 

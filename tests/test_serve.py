@@ -83,6 +83,14 @@ def test_posted_png_returns_the_pixels_translate_writes(server, inputs, translat
     assert name.removesuffix(".png") in form.headers["content-disposition"]
 
 
+@pytest.mark.parametrize("model", ["run", "onnx"])
+def test_images_of_one_to_four_pixels_translate_at_their_size(server, model):
+    for width, height in [(1, 1), (3, 2), (1, 4)]:
+        answer = post(server, model, png_bytes(noise_image(width, height, seed=width)), format="png")
+        assert answer.status_code == 200, answer.text
+        assert pixels(answer.content).shape == (height, width, 3)
+
+
 def test_other_direction_tiling_and_formats_match_translate(server, translate_run, inputs, tmp_path):
     from rich.console import Console
 

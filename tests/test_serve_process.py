@@ -27,7 +27,7 @@ def run_serve(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("make, expected", [
     (lambda tmp: [str(tmp / "missing-run")], "no such run folder or file"),
     (lambda tmp: [str((tmp / "notes.pt").write_text("not a checkpoint") and tmp / "notes.pt")],
-     "refused to load"),
+     "is not an img2img checkpoint: it is a text file"),
     (lambda tmp: [str((tmp / "g.onnx").write_bytes(b"\0" * 64) and tmp / "g.onnx")], "not an ONNX model"),
     (lambda tmp: [str((tmp / "empty-run").mkdir() or tmp / "empty-run")], "holds no checkpoints/last.pt"),
     (lambda tmp: [f"bad/name={tmp}"], "may hold only letters"),

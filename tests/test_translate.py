@@ -11,6 +11,7 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
+from cli_support import user_error
 from img2img.engine.checkpoint import load_generator
 from img2img.cli import app
 from img2img.data import image_bit_depth, read_image
@@ -66,6 +67,17 @@ EXPECTED = {"a.jpg": (37, 53), "sub/b.webp": (40, 30), "sub/grey.png": (33, 33),
 def test_output_has_exactly_the_input_size(translator, size):
     out = translator.translate(rgb(*size))
     assert out.shape == (*size, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 40), (3, 2), (4, 4), (2, 1)])
+def test_images_of_a_few_pixels_translate_at_their_size_with_both_backends(translator, translate_onnx, size):
+    # a resnet's instance norm needs more than one value and its reflection padding a pad smaller than the side
+    onnx = Translator.from_onnx(translate_onnx, device="cpu")
+    image = rgb(*size, seed=9)
+    torch_out, onnx_out = translator.translate(image), onnx.translate(image)
+    assert torch_out.shape == onnx_out.shape == (*size, 3)
+    if size != (1, 1):  # one pixel pads to a blank image, whose instance norm amplifies each runtime's round-off
+        assert np.abs(torch_out.astype(int) - onnx_out).max() <= 1
 
 
 def test_each_image_kind_comes_back_as_the_same_kind(translator):
@@ -163,6 +175,22 @@ def test_mixed_folder_translates_every_image_at_its_size_and_lists_the_rest(tran
     text = text_of(console)
     assert "broken.png" in text and "notes.txt" in text and "translated 6 images" in text
     assert report.images_per_s > 0 and not report.skipped
+
+
+@pytest.mark.parametrize("model", ["run", "onnx"])
+def test_a_folder_with_one_pixel_images_translates_every_file(translate_run, translate_onnx, tmp_path, model):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    sizes = {"a-1x1.png": (1, 1), "b-2x3.png": (2, 3), "c-40x1.png": (40, 1), "d-24x24.png": (24, 24)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rgb(h, w, seed=h * 100 + w)).save(folder / name)
+    result = runner.invoke(app, ["translate", str(folder), "--model", str(translate_run if model == "run" else
+                                 translate_onnx), "--out", str(tmp_path / "out"), "--device", "cpu",
+                                 "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "translated 4 images" in " ".join(result.output.split())
+    for name, (h, w) in sizes.items():
+        assert read_image(tmp_path / "out" / name, 3).shape[:2] == (h, w), name
 
 
 def test_keep_depth_writes_sixteen_bit_output_for_sixteen_bit_input(translator, mixed_folder, tmp_path):
@@ -293,3 +321,32 @@ def test_cli_translate_user_errors_exit_one_without_traceback(translate_run, tmp
     result = runner.invoke(app, ["translate", str(src), "--model", model, "--out", out])
     assert result.exit_code == 1
     assert expected in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_an_input_linked_into_the_output_folder_is_left_alone(translator, tmp_path):
+    out = tmp_path / "c6out"
+    out.mkdir()
+    precious = out / "photo.png"
+    Image.fromarray(rgb(20, 20, 4)).save(precious)
+    before = precious.read_bytes()
+    inputs = tmp_path / "c6in"
+    inputs.mkdir()
+    (inputs / "photo.png").symlink_to(precious)
+    Image.fromarray(rgb(20, 20, 5)).save(inputs / "other.png")
+    console = quiet()
+    report = translator.translate_files([inputs], out, overwrite=True, console=console)
+    assert precious.read_bytes() == before
+    assert [p.name for p in report.written] == ["other.png"]
+    assert [p.name for p, _ in report.failed] == ["photo.png"]
+    assert "never replaces an input" in " ".join(text_of(console).split())
+
+
+def test_a_picture_given_as_the_model_is_called_a_picture_not_a_pickle(tmp_path):
+    horse = tmp_path / "horse.png"
+    Image.fromarray(rgb(8, 8)).save(horse)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb(8, 8, 1)).save(tmp_path / "in" / "x.png")
+    result = runner.invoke(app, ["translate", str(tmp_path / "in"), "--model", str(horse), "--out",
+                                 str(tmp_path / "out")])
+    out = user_error(result, f"{horse} is not an img2img checkpoint: it is a PNG image")
+    assert "pickle" not in out and "nothing in the file was run" not in out

@@ -103,11 +103,14 @@ def export(
     no_ema: bool = typer.Option(False, "--no-ema", help="Export the trained generator, not its EMA."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the onnxruntime parity check."),
     norm_stats: NormStats = typer.Option(NormStats.running, "--norm-stats", help=NORM_STATS_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace an existing --out that is not an earlier export of this format."),
 ) -> None:
     """Export a generator to ONNX (checked against torch) or safetensors."""
     from img2img.inference.export import export as run_export
 
     run_export(model, out, direction=direction.value, opset=opset, half=half, fmt=fmt.value,
-               use_ema=not no_ema, check=not no_check, console=console, norm_stats=norm_stats.value)
+               use_ema=not no_ema, check=not no_check, console=console, norm_stats=norm_stats.value,
+               overwrite=overwrite)
 
 

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, first_line
 from img2img.evaluation.weights import WeightsFile, sha256_of
 from img2img.hookspecs import hookimpl
+from img2img.tensorfile import NotATorchFile, load_weights_only
 
 INCEPTION = WeightsFile(
     name="inception_v3",
@@ -77,18 +78,31 @@ class InceptionFeatures(nn.Module):
         return self.net(resize_to(images, self.input_size))
 
 
+def _load_net(file: WeightsFile, weights: Path | None, what: str, build) -> tuple[nn.Module, Path]:
+    """`build()` with the state_dict of `file` (found as `WeightsFile.locate` finds it), refused in our own
+    words when it is another kind of file, pickles objects, or does not fit (never torch's advice)."""
+    path = file.locate(weights)
+    try:
+        state = load_weights_only(Path(path), f"Get the right file with `{file.command}`.")
+        net = build()
+        net.load_state_dict(state)
+    except Img2ImgError as exc:  # refused (pickled objects, crafted tensors) or another kind of file
+        if isinstance(exc, NotATorchFile):
+            raise Img2ImgError(f"{path} is not {what}: it is {exc.kind}. Get the right file with "
+                               f"`{file.command}`") from None
+        raise
+    except Exception as exc:  # a wrong or truncated file: name it, in a line of our own words
+        raise Img2ImgError(f"{path} is not {what} ({type(exc).__name__}: {first_line(exc)[:200]}). "
+                           f"Get the right file with `{file.command}`") from None
+    return net, Path(path)
+
+
 def inception_v3(*, weights: Path | None = None) -> nn.Module:
     """Inception v3 pool features (2048-d), torchvision's ImageNet weights: the FID/KID network."""
     from torchvision.models import inception_v3 as build
 
-    path = INCEPTION.locate(weights)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net = build(weights=None, aux_logits=True, transform_input=False, init_weights=False)
-        net.load_state_dict(state)
-    except Exception as exc:  # a wrong or truncated file: name it, whatever torch says
-        raise Img2ImgError(f"{path} is not a torchvision Inception v3 state_dict ({type(exc).__name__}: "
-                           f"{str(exc)[:200]}). Get the right file with `{INCEPTION.command}`") from None
+    net, path = _load_net(INCEPTION, weights, "a torchvision Inception v3 state_dict",
+                    lambda: build(weights=None, aux_logits=True, transform_input=False, init_weights=False))
     features = InceptionFeatures(net)
     features.weights_digest = digest(path)
     return features
@@ -202,14 +216,7 @@ class PytorchFIDFeatures(nn.Module):
 
 def pytorch_fid(*, weights: Path | None = None, dims: Literal[64, 192, 768, 2048] = 2048) -> nn.Module:
     """pytorch-fid's FID Inception (the TensorFlow FID network): what published FIDs use."""
-    path = PYTORCH_FID.locate(weights)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net = fid_inception_net()
-        net.load_state_dict(state)
-    except Exception as exc:  # a wrong or truncated file: name it, whatever torch says
-        raise Img2ImgError(f"{path} is not pytorch-fid's FID Inception state_dict ({type(exc).__name__}: "
-                           f"{' '.join(str(exc).split())[:200]}). Get the right file with `{PYTORCH_FID.command}`") from None
+    net, path = _load_net(PYTORCH_FID, weights, "pytorch-fid's FID Inception state_dict", fid_inception_net)
     features = PytorchFIDFeatures(net, dims)
     features.weights_digest = digest(path)
     return features

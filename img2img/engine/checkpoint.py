@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import errno
 import math
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from img2img._version import __version__
 from img2img.engine.provenance import check_components, component_origins
 from img2img.engine.translators import read_ema_entry, translator_state, written_for_generator
 from img2img.errors import Img2ImgError, first_line
+from img2img.tensorfile import NotATorchFile, build_checked, load_weights_only, shape_problems
 
 FORMAT = 2
 """1: img2img 0.1 (a generator net per direction); 2: translators recorded tensor by tensor, schedulers."""
@@ -116,9 +115,13 @@ def load_checkpoint(path: Path, *, check_plugins: bool = True) -> dict:
         raise Img2ImgError(f"{path} is empty (0 bytes), not a checkpoint; it may have been cut off while being "
                            "copied. Use another checkpoint (checkpoints/step-N.pt) or copy it again")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise _refused(path, exc) from None
+        ckpt = load_weights_only(path, REFUSAL_ADVICE)
+    except NotATorchFile as exc:
+        raise Img2ImgError(f"{path} is not an img2img checkpoint: it is {exc.kind}, not a file torch.save writes. "
+                           "Give a run folder written by `img2img train`, one of its checkpoints (.pt), or an "
+                           "exported .onnx or .safetensors file") from None
+    except Img2ImgError:
+        raise
     except Exception as exc:  # the zip and pickle readers fail in many ways on a damaged file
         detail = first_line(exc).split(". ")[0] if isinstance(exc, (RuntimeError, OSError, ValueError)) \
             else "not a PyTorch file"
@@ -170,18 +173,8 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
-def _refused(path: Path, exc: pickle.UnpicklingError) -> Img2ImgError:
-    """The message for a file the weights-only unpickler would not build; nothing in it was run."""
-    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-    if found:
-        what = f"a pickled Python object ({found.group(1)})"
-    else:
-        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line), "")
-        what = f"pickled data that is not plain tensors{f' ({detail})' if detail else ''}"
-    return Img2ImgError(
-        f"refused to load {path}: it carries {what}. Building it would need a full unpickle, which can run "
-        "arbitrary code, so img2img never does that and nothing in the file was run. img2img checkpoints hold "
-        "only tensors and plain values: use one written by `img2img train`, and only files you trust.")
+REFUSAL_ADVICE = ("img2img checkpoints hold only tensors and plain values: use one written by `img2img train`, "
+                  "and only files you trust.")
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -274,12 +267,6 @@ def load_translator(path: Path, direction: str = "a2b", *, use_ema: bool = True)
     if direction not in held and held:  # e.g. one imported generator of a CycleGAN pair
         raise Img2ImgError(f"{where} holds the {' and '.join(held)} translator only, not {direction}; "
                            f"use --direction {held[0]}")
-    if written_for_generator(task_cls):  # an img2img 0.1 task: its generator comes from the built task
-        task = task_cls(pipeline, device="cpu")
-        module = task.generator(direction)
-    else:
-        task = task_cls.for_inference(pipeline, device="cpu")
-        module = task.build_translator(direction)
     ema = ckpt.get("ema")
     entry = ema.get(direction) if isinstance(ema, dict) else None
     used_ema = bool(use_ema and isinstance(entry, dict) and entry)
@@ -291,10 +278,22 @@ def load_translator(path: Path, direction: str = "a2b", *, use_ema: bool = True)
     except KeyError as exc:
         raise Img2ImgError(f"{where} is damaged: it holds no weights for the {direction} translator "
                            f"(missing {exc.args[0]})") from None
-    _load_state(module, state, f"{where} is damaged: its {direction} translator weights do not fit the "
-                               "translator its pipeline describes")
+    what = f"{where} is damaged: its {direction} translator weights do not fit the translator its pipeline describes"
+    tasks = []  # the task the real build made (the last one)
+
+    def build(device: str) -> torch.nn.Module:
+        if written_for_generator(task_cls):  # an img2img 0.1 task: its generator comes from the built task
+            tasks.append(task_cls(pipeline, device=device))
+            return tasks[-1].generator(direction)
+        tasks.append(task_cls.for_inference(pipeline, device=device))
+        return tasks[-1].build_translator(direction)
+
+    # built first on the meta device: a pipeline that describes a far larger network than the weights
+    # stored (ngf 1024 over a few kilobytes) allocates nothing
+    module = build_checked(build, {k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)}, what)
+    _load_state(module, state, what)
     module.eval()
-    cin, cout = task.channels(direction)
+    cin, cout = tasks[-1].channels(direction)
     return LoadedTranslator(module=module, direction=direction, in_channels=cin, out_channels=cout,
                             size_multiple=size_multiple(module), pipeline=pipeline, ema=used_ema,
                             checkpoint=Path(where), source=ckpt.get("source"))
@@ -305,17 +304,10 @@ load_generator = load_translator  # the name img2img 0.1 used
 
 def _load_state(module: torch.nn.Module, state: dict, what: str) -> None:
     """`load_state_dict` whose error names the first keys that are missing, unexpected or mis-shaped."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} ({tuple(state[k].shape)} in the file, {tuple(own[k].shape)} expected)" for k in own
-              if k in state and torch.is_tensor(state[k]) and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if keys:
-            problems.append(f"{label}: {', '.join(keys[:3])}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}")
+    problems = shape_problems({k: tuple(v.shape) for k, v in module.state_dict().items()},
+                              {k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)})
     if problems:
-        raise Img2ImgError(f"{what} ({'; '.join(problems)})")
+        raise Img2ImgError(f"{what} ({problems})")
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:

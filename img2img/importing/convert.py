@@ -98,8 +98,7 @@ def convert(state: StateFile, flags: Flags, *, channels: tuple[int | None, int |
     cin = channels[0] or detected.in_channels or 3
     cout = channels[1] or detected.out_channels or 3
     registry = get_registry()
-    try:
-        ours = registry.build("generator", spec, in_channels=cin, out_channels=cout)
+    try:  # on the meta device first: the real network is built only once the file's tensors fit it
         with torch.device("meta"), _weights_left_uninitialised():
             meta = registry.build("generator", spec, in_channels=cin, out_channels=cout)
     except ValueError as exc:
@@ -109,7 +108,7 @@ def convert(state: StateFile, flags: Flags, *, channels: tuple[int | None, int |
     if [k for k, _ in order] != [layer.kind for layer in reference]:
         raise Img2ImgError(f"{state.path}: the keys describe {detected.describe()}, which {_describe(spec)} cannot "
                            "represent layer for layer")
-    mapping = map_state(ours, order, reference, state.tensors)
+    mapping = map_state(meta, order, reference, state.tensors)
     if not mapping.fits:
         told = ", ".join(f"--{k} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k}"
                          for k, v in flags.given().items())
@@ -117,6 +116,7 @@ def convert(state: StateFile, flags: Flags, *, channels: tuple[int | None, int |
         hint = " Leave out the flags to use what the keys say." if told else ""
         raise Img2ImgError(f"{state.path} does not fit {_describe(spec)} with {cin} -> {cout} channels{because}: "
                            f"{mapping.problems()}. Its keys describe {detected.describe()}.{hint}")
+    ours = registry.build("generator", spec, in_channels=cin, out_channels=cout)
     ours.load_state_dict(mapped_state(mapping, state.tensors), strict=True)
     tensors = {k: v.detach().clone() for k, v in ours.state_dict().items()}
     if mapping.ignored:

@@ -131,7 +131,12 @@ def _run_name(name: str | None, out: Path) -> str:
     return cleaned or "imported"
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, files: list[Path] = ()) -> None:
+    for path in files:  # --overwrite replaces the whole folder: an input inside it would be deleted
+        if out.exists() and path.resolve().is_relative_to(out.resolve()):
+            raise Img2ImgError(f"--out {out} contains the input {path}; replacing the run would delete the file being "
+                               f"imported. Choose another --out (e.g. {out.parent / (out.name + '-imported')}) or "
+                               "move the input out of it first")
     if out.exists() and not out.is_dir():
         raise Img2ImgError(f"--out {out} is a file; give a folder for the imported run")
     if out.is_dir() and any(out.iterdir()):
@@ -166,7 +171,7 @@ def import_checkpoints(kind: str, files: list[Path], out: Path, *, arch: str | N
     if kind == "cut" and not get_registry().has("task", "cut"):
         raise Img2ImgError("a CUT run needs the cut task from the img2img-cut plugin: pip install img2img-cut")
     out = Path(out)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, files)
     flags = Flags(arch=arch, ngf=ngf, norm=norm, dropout=dropout)
     a_ch, b_ch = parse_channels(channels)
     directions = assign_directions(files, direction)

@@ -7,8 +7,6 @@ tensors); a model wrapped in ``DataParallel`` adds ``module.`` to every key, whi
 from __future__ import annotations
 
 import hashlib
-import pickle
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import torch
 
 from img2img.errors import Img2ImgError, first_line
+from img2img.tensorfile import NotATorchFile, load_weights_only
 
 MODULE_PREFIX = "module."
 # where a state dict sits inside a dict that carries more than tensors (e.g. {"state_dict": ..., "epoch": 3})
@@ -68,9 +67,12 @@ def read_state_file(path: Path) -> StateFile:
     if size == 0:
         raise Img2ImgError(f"{path} is empty (0 bytes), not a checkpoint; it may have been cut off while copying")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise _refused(path, exc) from None
+        obj = load_weights_only(path, REFUSAL_ADVICE)
+    except NotATorchFile as exc:
+        raise Img2ImgError(f"{path} is not a PyTorch checkpoint: it is {exc.kind}; give the generator's "
+                           "latest_net_G*.pth file") from None
+    except Img2ImgError:
+        raise
     except Exception as exc:  # the zip and pickle readers fail in many ways on a file of another kind
         detail = first_line(exc).split(". ")[0] if isinstance(exc, (RuntimeError, OSError, ValueError, EOFError)) \
             else "not a file torch.save wrote"
@@ -129,11 +131,5 @@ def _tensors_of(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
                        f"(latest_net_G*.pth).{hint}")
 
 
-def _refused(path: Path, exc: pickle.UnpicklingError) -> Img2ImgError:
-    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-    what = f"a pickled Python object ({found.group(1)})" if found else "pickled data that is not plain tensors"
-    return Img2ImgError(
-        f"refused to load {path}: it carries {what}. Building it would need a full unpickle, which can run "
-        "arbitrary code, so img2img never does that and nothing in the file was run. A generator checkpoint "
-        "holds only tensors (torch.save(net.state_dict())); if you trust the file's origin, load it yourself and "
-        "save net.state_dict() from it.")
+REFUSAL_ADVICE = ("A generator checkpoint holds only tensors (torch.save(net.state_dict())); if you trust the "
+                  "file's origin, load it yourself and save net.state_dict() from it.")

@@ -22,6 +22,16 @@ from img2img.errors import Img2ImgError, first_line
 from img2img.inference.tiling import InstanceNormStats, SizeAdapter, choose_tile_norm
 
 
+def import_onnxruntime():
+    """onnxruntime with its telemetry events off (unless ORT_DISABLE_TELEMETRY=0): img2img sends nothing
+    anywhere, and `img2img` sets ORT_DISABLE_TELEMETRY=1 so that onnxruntime stores no device id either."""
+    import onnxruntime as ort
+
+    if os.environ.get("ORT_DISABLE_TELEMETRY", "1") != "0":
+        ort.disable_telemetry_events()
+    return ort
+
+
 def physical_cores() -> int:
     """Physical cores this process may run on (hyper-threads share a core's arithmetic units)."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
@@ -112,7 +122,7 @@ class OnnxBackend:
 
     def __init__(self, path: Path, device: str = "auto", precision: str = "fp32", direction: str | None = None,
                  channels_last: bool = False):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         path = Path(path)
         if channels_last:
@@ -149,12 +159,18 @@ class OnnxBackend:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
-        shape_channels = inp.shape[1] if len(inp.shape) == 4 and isinstance(inp.shape[1], int) else 3
-        self.in_channels = int(meta.get("in_channels", shape_channels))
         out_shape = self.session.get_outputs()[0].shape
-        self.out_channels = int(meta.get("out_channels", out_shape[1] if len(out_shape) == 4
-                                         and isinstance(out_shape[1], int) else self.in_channels))
-        self.size_multiple = int(meta.get("size_multiple", 1))
+        graph_in = inp.shape[1] if len(inp.shape) == 4 and isinstance(inp.shape[1], int) else None
+        graph_out = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
+        self.in_channels = _metadata_int(meta, "in_channels", graph_in or 3, path)
+        self.out_channels = _metadata_int(meta, "out_channels", graph_out or self.in_channels, path)
+        self.size_multiple = _metadata_int(meta, "size_multiple", 1, path)
+        for key, said, graph in (("in_channels", self.in_channels, graph_in),
+                                 ("out_channels", self.out_channels, graph_out)):
+            if graph is not None and said != graph:
+                raise Img2ImgError(f"{path} is inconsistent: its metadata says {key}={said} but its graph's "
+                                   f"{'input' if key == 'in_channels' else 'output'} has {graph} channels; export "
+                                   "it again with `img2img export`, or correct the metadata")
         self.direction = meta.get("direction", direction or "a2b")
         self.file_precision = meta.get("precision", "fp32")
         if precision not in ("fp32", "auto") and not (precision == "fp16" and self.file_precision == "fp16"):
@@ -182,6 +198,17 @@ class OnnxBackend:
     def tile_context(self, image: torch.Tensor, stats_size: int, tile_norm: str, *, tile: int | None = None,
                      overlap: int = 0):
         return nullcontext()  # the statistics inside an ONNX graph cannot be substituted
+
+
+def _metadata_int(meta: dict[str, str], key: str, default: int, path: Path) -> int:
+    """A positive whole number from an ONNX file's metadata (`default` when absent), else an error naming it."""
+    if key not in meta:
+        return int(default)
+    text = str(meta[key]).strip()
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise Img2ImgError(f"{path} has a damaged metadata entry: {key}={meta[key]!r} is not a positive whole "
+                           "number; export it again with `img2img export`, or correct the metadata")
+    return int(text)
 
 
 _TorchBackend, _OnnxBackend = TorchBackend, OnnxBackend  # the names img2img 0.1 used

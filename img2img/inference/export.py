@@ -1,8 +1,8 @@
 """Export a trained generator: ONNX (checked against torch in onnxruntime) or safetensors.
 
 The ONNX graph is the generator wrapped in `SizeAdapter`: it pads any height and width to the
-generator's size multiple and crops back, so the deployed file takes any image of at least 16 x 16
-pixels. Input ``image`` and output ``translated`` are float32 NCHW in [-1, 1] with dynamic batch,
+generator's size multiple (and up to the smallest size the generator runs on) and crops back, so
+the deployed file takes any image, down to 1 x 1 pixel. Input ``image`` and output ``translated`` are float32 NCHW in [-1, 1] with dynamic batch,
 height and width; ``metadata_props`` say everything else a deployer needs (channels, value range,
 pre- and postprocessing, direction, task, pipeline, img2img version).
 """
@@ -27,7 +27,8 @@ from img2img.engine.checkpoint import LoadedGenerator, load_generator
 from img2img.engine.checkpoint import size_multiple as multiple_of
 from img2img.errors import Img2ImgError, first_line
 from img2img.inference.normstats import apply_norm_stats, check_norm_stats
-from img2img.inference.tiling import SizeAdapter
+from img2img.inference.tiling import SizeAdapter, minimum_size
+from img2img.tensorfile import build_checked
 
 __all__ = ["export", "export_generator", "load_safetensors_generator", "onnx_metadata", "PARITY_FP16",
            "PARITY_FP32", "MIN_SIZE"]
@@ -36,10 +37,11 @@ PARITY_FP32 = 1e-4
 """Largest max-abs difference between onnxruntime and torch accepted for a float32 export."""
 PARITY_FP16 = 2e-2
 """The same for ``--half`` (float16 weights and arithmetic, compared with the float32 torch model)."""
-MIN_SIZE = 16
+MIN_SIZE = 1
+"""The smallest height and width an exported graph takes (it pads smaller images up itself)."""
 EXTERNAL_DATA_BYTES = 1_800_000_000
 """Weights above this go to ``<file>.data`` beside the model (protobuf caps one file at 2 GB)."""
-PARITY_SHAPES = ((1, 37, 53), (2, 45, 31))  # (batch, height, width): odd sizes, not the training size
+PARITY_SHAPES = ((1, 37, 53), (2, 45, 31), (1, 1, 3))  # (batch, height, width): odd sizes, not the training size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,8 +64,11 @@ def _load(model: Path, direction: str, use_ema: bool) -> LoadedGenerator:
 
 def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, half: bool = False,
            fmt: str = "onnx", use_ema: bool = True, check: bool = True, console: Console | None = None,
-           norm_stats: str = "running") -> Path:
+           norm_stats: str = "running", overwrite: bool = False) -> Path:
     """Export the `direction` generator of a run/checkpoint to `out` (ONNX or safetensors); returns `out`.
+
+    An existing `out` is replaced only when it is an earlier img2img export of the same format, or with
+    `overwrite`; any other file there is kept and the export refused.
 
     `norm_stats` ``"batch"`` writes a graph whose batch-norm layers use each image's own statistics (the
     reference's test.py); the parity check compares it with the torch model in that same mode.
@@ -79,6 +84,7 @@ def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, h
     if fmt == "safetensors" and out.suffix.lower() == ".onnx":
         raise Img2ImgError(f"--out {out} ends in .onnx but --format is safetensors; name it .safetensors")
     _refuse_overwriting_the_model(Path(model), out, fmt)
+    _check_replacing(out, fmt, overwrite, console)
     check_norm_stats(norm_stats)
     if fmt == "safetensors" and norm_stats != "running":
         raise Img2ImgError("--norm-stats batch applies to ONNX export; a safetensors file holds the weights only "
@@ -110,6 +116,40 @@ def _refuse_overwriting_the_model(model: Path, out: Path, fmt: str) -> None:
     if out.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise Img2ImgError(f"--out {out} ends in {out.suffix}, the name of a checkpoint; an export is a .{fmt} file: "
                            f"name it e.g. {out.with_suffix('.' + fmt)}")
+
+
+def _check_replacing(out: Path, fmt: str, overwrite: bool, console: Console) -> None:
+    """Refuse to replace a file that is not an earlier export of this format (without `overwrite`); note
+    an --out whose suffix is not the format's."""
+    if out.suffix.lower() != f".{fmt}":
+        console.print(f"[yellow]note:[/] --out {out} does not end in .{fmt}; the file written is {fmt.upper()} "
+                      f"whatever its name (e.g. {out.with_suffix('.' + fmt)})", highlight=False)
+    if overwrite or not out.exists():
+        return
+    if out.is_file() and _is_img2img_export(out, fmt):
+        return  # an earlier export of the same kind: exporting again replaces it, as a build replaces its output
+    from img2img.tensorfile import foreign_kind
+
+    kind = foreign_kind(out) if out.is_file() else None
+    what = f"it is {kind}" if kind else f"it is not an earlier img2img {fmt} export"
+    raise Img2ImgError(f"--out {out} already exists and {what}; export replaces only its own earlier files. "
+                       f"Choose another file name, or add --overwrite to replace {out.name}")
+
+
+def _is_img2img_export(path: Path, fmt: str) -> bool:
+    """`path` is a file img2img export wrote in `fmt` (its metadata carries img2img's marks)."""
+    try:
+        if fmt == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                return "img2img" in (fh.metadata() or {})
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        return any(p.key == "img2img_version" for p in model.metadata_props)
+    except Exception:  # not parseable as that format: not ours
+        return False
 
 
 def _generator_spec(loaded: LoadedGenerator) -> dict[str, Any]:
@@ -203,11 +243,12 @@ def export_generator(generator: nn.Module, out: Path, *, in_channels: int, out_c
     console = console or Console()
     out = Path(out)
     generator = generator.eval().cpu().float()
-    reference = SizeAdapter(generator, size_multiple).eval()
-    wrapped = SizeAdapter(_Half(generator) if half else generator, size_multiple).eval()
+    example = torch.rand(2, in_channels, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    smallest = minimum_size(generator, size_multiple, example)  # a constant of the graph's padding
+    reference = SizeAdapter(generator, size_multiple, smallest).eval()
+    wrapped = SizeAdapter(_Half(generator) if half else generator, size_multiple, smallest).eval()
     meta = onnx_metadata(in_channels=in_channels, out_channels=out_channels, size_multiple=size_multiple,
                          half=half, extra=metadata)
-    example = torch.rand(2, in_channels, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     batch, height, width = (torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("height", min=MIN_SIZE),
                             torch.export.Dim("width", min=MIN_SIZE))
     chatter = io.StringIO()
@@ -256,8 +297,9 @@ def export_generator(generator: nn.Module, out: Path, *, in_channels: int, out_c
 
 def _parity(path: Path, reference: nn.Module, channels: int) -> tuple[float, str]:
     """Max abs difference of onnxruntime vs torch (float32) on random inputs of odd sizes."""
-    import onnxruntime as ort
+    from img2img.inference.backends import import_onnxruntime
 
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -342,47 +384,83 @@ def load_safetensors_generator(path: Path) -> LoadedGenerator:
     if not path.is_file():
         raise Img2ImgError(f"no such safetensors file: {path}")
     sidecar = _sidecar_path(path)
+    try:  # safetensors checks the header's offsets against the file's size before anything is read
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("img2img")
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # SafetensorError (garbage, truncated, a header that lies), OSError
+        raise Img2ImgError(f"{path} is not a readable safetensors file ({first_line(exc)}); it may be truncated "
+                           "or of another program. Export it again with `img2img export --format safetensors`") from None
+    described = sidecar if sidecar.is_file() else path
     try:
         if sidecar.is_file():
             info = json.loads(sidecar.read_text())
+        elif raw is None:
+            raise Img2ImgError(f"{path} has no img2img description: {sidecar.name} is missing and the file "
+                               "carries none; export it again with `img2img export --format safetensors`")
         else:
-            with safe_open(str(path), framework="pt") as fh:
-                raw = (fh.metadata() or {}).get("img2img")
-            if raw is None:
-                raise Img2ImgError(f"{path} has no img2img description: {sidecar.name} is missing and the file "
-                                   "carries none; export it again with `img2img export --format safetensors`")
             info = json.loads(raw)
-        state = load_file(str(path))
-    except Img2ImgError:
-        raise
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise Img2ImgError(f"{path} is not a readable img2img safetensors export ({first_line(exc)})") from None
-    if info.get("format") != "img2img-generator":
-        raise Img2ImgError(f"{sidecar if sidecar.is_file() else path} does not describe an img2img generator")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Img2ImgError(f"{described} does not hold a readable img2img description ({first_line(exc)}); "
+                           "export it again with `img2img export --format safetensors`") from None
+    info = _checked_description(info, described)
     spec = dict(info["generator"])
     registry = get_registry()
     name = spec.get("name")
     pipeline = pipeline_from_dict(info["pipeline"])
     task_cls = registry.get("task", pipeline.task).factory
+    cin, cout = info["in_channels"], info["out_channels"]
     if _builds_own_translator(task_cls):  # e.g. decoder_b(encoder_a(x)), or a generator not at model.generator
-        module = task_cls.for_inference(pipeline, device="cpu").build_translator(info["direction"])
+        def build(device: str) -> nn.Module:
+            return task_cls.for_inference(pipeline, device=device).build_translator(info["direction"])
+
         name = f"{pipeline.task} translator"
     elif not registry.has("generator", name):
         raise Img2ImgError(f"{path} needs the generator '{name}', which no installed plugin provides; "
                            "install the plugin it was trained with")
     else:
-        module = registry.build("generator", spec, in_channels=int(info["in_channels"]),
-                                out_channels=int(info["out_channels"]))
+        def build(device: str) -> nn.Module:  # the meta build runs under torch.device("meta")
+            return registry.build("generator", spec, in_channels=cin, out_channels=cout)
+    # on the meta device first: a description of a far larger network than the tensors stored allocates nothing
+    module = build_checked(build, shapes, f"{path} does not fit {name} with {spec} and {cin} -> {cout} channels "
+                                          f"(as {described.name} describes it)")
     try:
+        state = load_file(str(path))
         module.load_state_dict(state)
-    except RuntimeError as exc:
+    except Exception as exc:  # a dtype torch cannot copy, a file changed while read
         raise Img2ImgError(f"{path} does not fit {name} with {spec}: {first_line(exc)}") from None
     module.eval()
-    return LoadedGenerator(module=module.float(), direction=info["direction"], in_channels=int(info["in_channels"]),
-                           out_channels=int(info["out_channels"]),
+    return LoadedGenerator(module=module.float(), direction=info["direction"], in_channels=cin, out_channels=cout,
                            size_multiple=multiple_of(module) if multiple_of(module) > 1
                            else int(info.get("size_multiple", 1)),
                            pipeline=pipeline, ema=bool(info.get("ema")), checkpoint=path)
+
+
+def _checked_description(info: Any, where: Path) -> dict[str, Any]:
+    """The img2img description of a safetensors export, every field it needs present and of its type."""
+    if not isinstance(info, dict):
+        raise Img2ImgError(f"{where} does not describe an img2img generator: its description is a JSON "
+                           f"{type(info).__name__}, not an object")
+    if info.get("format") != "img2img-generator":
+        raise Img2ImgError(f"{where} does not describe an img2img generator")
+    wrong = []
+    for key, kind in (("generator", dict), ("pipeline", dict), ("direction", str), ("in_channels", int),
+                      ("out_channels", int)):
+        value = info.get(key)
+        if key not in info:
+            wrong.append(f"no '{key}'")
+        elif not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
+            wanted = {int: "a positive whole number", dict: "a JSON object", str: "a string"}[kind]
+            wrong.append(f"'{key}' is {json.dumps(value)[:40]}, not {wanted}")
+    if not wrong and not isinstance(info["generator"].get("name"), str):
+        wrong.append("'generator' has no 'name'")
+    size_multiple = info.get("size_multiple", 1)
+    if not isinstance(size_multiple, int) or isinstance(size_multiple, bool) or size_multiple < 1:
+        wrong.append(f"'size_multiple' is {json.dumps(size_multiple)[:40]}, not a positive whole number")
+    if wrong:
+        raise Img2ImgError(f"{where} is not a valid img2img safetensors description: {'; '.join(wrong)}. "
+                           "Export it again with `img2img export --format safetensors`")
+    return info
 
 
 def _builds_own_translator(task_cls: type) -> bool:

@@ -115,9 +115,15 @@ def plan_outputs(inputs: Sequence[Path], out: Path, fmt: str | None, overwrite: 
     jobs: list[_Job] = []
     skipped: list[tuple[Path, str]] = []
     claimed: dict[Path, Path] = {}
+    reals = {src.resolve() for src, _ in sources}
     for src, rel in sources:
         dst = out / (rel.with_suffix(suffix) if suffix else rel)
         key = dst.resolve()
+        if _inside(src.resolve(), out_real) or key in reals:  # e.g. an input that is a link into --out
+            failed.append((src, f"it is (a link to) {src.resolve()}, a file inside --out {out} or the output of "
+                                "another input; img2img never replaces an input, so it was left alone. Move it out "
+                                "of the output folder or translate into another one"))
+            continue
         if key in claimed:
             failed.append((src, f"its output {dst} is also the output of {claimed[key]}; translate them "
                                 "into separate folders"))

@@ -26,7 +26,7 @@ from img2img.inference.serve.app import ServeSettings, create_app
 from img2img.inference.serve.models import ModelTable, TileOptions
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 def allowed_hosts(host: str, allow: list[str]) -> list[str] | None:
@@ -44,8 +44,10 @@ def allowed_hosts(host: str, allow: list[str]) -> list[str] | None:
     own = [] if host.strip("[]") in ("0.0.0.0", "::", "") else [host.strip("[]")]
     names: list[str] = []
     for name in [*LOOPBACK_NAMES, *own, *allow]:
-        if name.lower().strip("[]") not in names:
-            names.append(name.lower().strip("[]"))
+        name = name.lower().strip("[]")
+        name = f"[{name}]" if ":" in name else name  # an IPv6 address, as a Host header writes it
+        if name not in names:
+            names.append(name)
     return names
 
 

@@ -196,6 +196,9 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = 8000, devic
                  if settings.allowed_hosts is None else f"Host headers served: {', '.join(settings.allowed_hosts)}")
         console.print(f"[yellow]note:[/] listening on {host}, reachable from other machines; the API has no "
                       f"authentication, so put it behind a proxy that has; {hosts}", highlight=False)
+    if is_loopback(host) and settings.allowed_hosts is not None:
+        console.print(f"answering the Host names {', '.join(settings.allowed_hosts)} (--allow-host adds others)",
+                      highlight=False, soft_wrap=True)
     console.print(f"[green]serving[/] on {url}  (page {url}/, API {url}/v1/models, OpenAPI {url}/openapi.json); "
                   "Ctrl-C or SIGTERM stops after the requests in flight", highlight=False, soft_wrap=True)
     app = create_app(table, settings)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -47,7 +49,8 @@ def server(translate_onnx, tmp_path_factory):
                           "--allow-host", "img2img.example"], root / "server.log")
     yield proc.wait_ready()
     assert proc.stop() == 0, proc.log
-    assert proc.log.count("Traceback") == 1, proc.log  # the broken model's failure only
+    # the broken model's failure has a traceback; no refused, slow or stalled client leaves one
+    assert proc.log.count("Traceback") <= 1 and "ClientDisconnect" not in proc.log, proc.log
 
 
 def slow_upload(port: int, length: int | None = None) -> "socket.socket":  # noqa: F821
@@ -134,20 +137,23 @@ def test_foreign_host_headers_are_refused_unless_allowed(server):
     assert error["code"] == "unknown_host" and "--allow-host evil.example" in error["message"]
     refused = httpx.post(f"{server.url}{TRANSLATE}", content=GOOD, headers={"Host": "evil.example:80"}, timeout=60)
     assert refused.status_code == 400
+    assert "answering the Host names localhost, 127.0.0.1, [::1], img2img.example" in server.log
     for host in ("img2img.example", f"localhost:{server.port}", f"127.0.0.1:{server.port}", f"[::1]:{server.port}"):
         assert httpx.get(f"{server.url}/v1/models", headers={"Host": host}, timeout=10).status_code == 200, host
 
 
-def test_allowed_hosts_policy_by_bind_address():
-    from img2img.errors import Img2ImgError
+def test_allowed_hosts_policy_by_bind_address(tmp_path):
     from img2img.inference.serve.server import allowed_hosts
 
     assert allowed_hosts("127.0.0.1", []) == ["localhost", "127.0.0.1", "[::1]"]
+    assert allowed_hosts("::1", []) == ["localhost", "127.0.0.1", "[::1]"]
     assert allowed_hosts("0.0.0.0", []) is None  # reachable from the network: any name, as documented
     assert allowed_hosts("0.0.0.0", ["img2img.example"]) == ["localhost", "127.0.0.1", "[::1]", "img2img.example"]
     assert allowed_hosts("127.0.0.1", ["*"]) is None
-    with pytest.raises(Img2ImgError, match="without scheme or port"):
-        allowed_hosts("127.0.0.1", ["img2img.example:8000"])
+    result = subprocess.run([sys.executable, "-m", "img2img", "serve", str(tmp_path / "missing"), "--allow-host",
+                             "img2img.example:8000"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "without scheme or port" in " ".join(result.stderr.split())
 
 
 def test_every_answer_says_nosniff_and_a_500_closes_its_connection(server):

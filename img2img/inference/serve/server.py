@@ -200,7 +200,7 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = 8000, devic
         console.print(f"answering the Host names {', '.join(settings.allowed_hosts)} (--allow-host adds others)",
                       highlight=False, soft_wrap=True)
     console.print(f"[green]serving[/] on {url}  (page {url}/, API {url}/v1/models, OpenAPI {url}/openapi.json); "
-                  "Ctrl-C or SIGTERM stops after the requests in flight", highlight=False, soft_wrap=True)
+                  "Ctrl-C or SIGTERM stops after the requests being computed", highlight=False, soft_wrap=True)
     app = create_app(table, settings)
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", server_header=False,
                             http=_protocol(header_timeout), timeout_keep_alive=keep_alive_timeout,

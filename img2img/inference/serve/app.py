@@ -422,6 +422,7 @@ def create_app(table: ModelTable, settings: ServeSettings | None = None) -> Star
           "200": {$ref: "#/components/responses/Image"}
           "400": {$ref: "#/components/responses/Error"}
           "404": {$ref: "#/components/responses/Error"}
+          "408": {$ref: "#/components/responses/Error"}
           "413": {$ref: "#/components/responses/Error"}
           "415": {$ref: "#/components/responses/Error"}
           "503": {$ref: "#/components/responses/Busy"}

@@ -45,7 +45,7 @@ def serve(
                                   help="auto, global or local instance-norm statistics of tiles."),
     max_tiles: int = typer.Option(1024, "--max-tiles", min=1,
                                   help="Most tiles one request may ask for with tile/overlap; more get 400."),
-    max_uploads: int = typer.Option(32, "--max-uploads", min=1,
+    max_uploads: int = typer.Option(128, "--max-uploads", min=1,
                                     help="Requests of one model receiving their bodies at once; more get 503."),
     body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.001,
                                        help="Seconds for a request's whole body to arrive; slower ones get 408."),

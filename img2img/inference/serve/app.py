@@ -61,7 +61,7 @@ class ServeSettings:
     batch_pixels: int = 4_194_304  # a batch holds at most this many pixels (one larger image runs alone)
     workers: int = 2  # threads that decode uploads and encode results, beside each model's worker
     body_timeout: float = 60.0  # seconds for a request's whole body to arrive (408 after)
-    max_uploads: int = 32  # requests of one model receiving their bodies at once (503 above)
+    max_uploads: int = 128  # requests of one model receiving their bodies at once (503 above)
     max_tiles: int | None = 1024  # tiles one request may ask for with tile/overlap (400 above)
     allowed_hosts: list[str] | None = None  # Host header values accepted; None: any
 

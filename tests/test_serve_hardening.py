@@ -130,13 +130,20 @@ def test_stalled_request_heads_and_idle_connections_are_closed(server):
     idle.close()
 
 
-def test_foreign_host_headers_are_refused_unless_allowed(server):
+def test_foreign_host_and_origin_headers_are_refused_unless_allowed(server):
     evil = httpx.get(f"{server.url}/v1/models", headers={"Host": "evil.example"}, timeout=10)
     assert evil.status_code == 400, evil.text
     error = evil.json()["error"]
     assert error["code"] == "unknown_host" and "--allow-host evil.example" in error["message"]
     refused = httpx.post(f"{server.url}{TRANSLATE}", content=GOOD, headers={"Host": "evil.example:80"}, timeout=60)
     assert refused.status_code == 400
+    for origin in ("http://evil.example", "null", "https://img2img.example.evil.example"):
+        posted = httpx.post(f"{server.url}{TRANSLATE}", content=GOOD, headers={"Origin": origin}, timeout=60)
+        assert posted.status_code == 403, (origin, posted.text)
+        assert posted.json()["error"]["code"] == "foreign_origin" and "--allow-host" in posted.json()["error"]["message"]
+    for origin in (server.url, f"http://localhost:{server.port}", "https://img2img.example"):
+        posted = httpx.post(f"{server.url}{TRANSLATE}", content=GOOD, headers={"Origin": origin}, timeout=60)
+        assert posted.status_code == 200, (origin, posted.text)
     assert "answering the Host names localhost, 127.0.0.1, [::1], img2img.example" in server.log
     for host in ("img2img.example", f"localhost:{server.port}", f"127.0.0.1:{server.port}", f"[::1]:{server.port}"):
         assert httpx.get(f"{server.url}/v1/models", headers={"Host": host}, timeout=10).status_code == 200, host

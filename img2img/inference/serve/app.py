@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import jinja2
@@ -117,36 +118,54 @@ class SecurityHeaders:
 
 
 class HostCheck:
-    """Starlette's TrustedHostMiddleware decides which Host headers are served; a refusal is our JSON
-    error naming --allow-host (a web page on another site reaching a loopback server through DNS
-    rebinding sends its own host name)."""
+    """Serve only requests addressed to this server's names: the `Host` header (a web page on another
+    site reaching a loopback server through DNS rebinding sends its own name) and, where a browser
+    sends one, the `Origin` (a page on another site posting to the API). Starlette's
+    TrustedHostMiddleware matches the names; refusals are our JSON errors naming --allow-host."""
 
     def __init__(self, app: ASGIApp, allowed: list[str]):
         self.app = app
         self.allowed = list(allowed)
+        self.match = TrustedHostMiddleware(self._matched, allowed_hosts=self.allowed, www_redirect=False)
+
+    @staticmethod
+    async def _matched(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["matched"] = True
+
+    async def _trusted(self, host: str) -> bool:
+        probe: dict[str, Any] = {"type": "http", "headers": [(b"host", host.encode("latin-1"))]}
+
+        async def discard(message: Message) -> None:
+            pass
+
+        await self.match(probe, None, discard)  # type: ignore[arg-type]
+        return bool(probe.get("matched"))
+
+    def _refuse(self, status: int, code: str, what: str, host: str, field: str) -> JSONResponse:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        error = ApiError(status, code, f"{what} is not a name of this server (it answers {', '.join(self.allowed)}); "
+                         f"if clients reach it under that name, start it with --allow-host {name or 'NAME'}",
+                         field=field, headers={"Connection": "close"})
+        return _error_response(error)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        passed = False
-
-        async def through(scope: Scope, receive: Receive, _: Send) -> None:
-            nonlocal passed
-            passed = True
-            await self.app(scope, receive, send)
-
-        async def discard(message: Message) -> None:
-            pass
-
-        await TrustedHostMiddleware(through, allowed_hosts=self.allowed, www_redirect=False)(scope, receive, discard)
-        if not passed:
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")[:100]
-            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-            error = ApiError(400, "unknown_host", f"Host {host!r} is not a name of this server (it answers "
-                             f"{', '.join(self.allowed)}); if clients reach it under that name, start it with "
-                             f"--allow-host {name or 'NAME'}", field="host", headers={"Connection": "close"})
-            await _error_response(error)(scope, receive, send)
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")[:100]
+        if not await self._trusted(host):
+            await self._refuse(400, "unknown_host", f"Host {host!r}", host, "host")(scope, receive, send)
+            return
+        origin = headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1")[:200]
+            netloc = urlsplit(text).netloc if "://" in text else ""
+            if not netloc or not await self._trusted(netloc):
+                what = f"the page's Origin {text!r}"
+                await self._refuse(403, "foreign_origin", what, netloc, "origin")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

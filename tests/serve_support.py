@@ -34,7 +34,8 @@ class ServerProcess:
 
     @property
     def log(self) -> str:
-        self.log_file.flush()
+        if not self.log_file.closed:
+            self.log_file.flush()
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 180) -> ServerProcess:
@@ -92,3 +93,45 @@ def pixels(data: bytes | Path) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         arr = np.asarray(im)
     return arr.astype(np.int32).reshape(arr.shape[0], arr.shape[1], -1)
+
+
+def raw_request(port: int, head: str, body: bytes = b"", timeout: float = 30) -> socket.socket:
+    """A socket to 127.0.0.1:`port` that has sent `head` (request line and headers, without the blank
+    line's CRLF pairs) and then `body`: for clients no library would imitate (stalling, trickling)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(head.replace("\n", "\r\n").encode("latin-1") + b"\r\n\r\n" + body)
+    return sock
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, body) of one HTTP/1.1 answer read from `sock` (with Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"the server closed the connection before answering ({data[:200]!r})")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `sock` (reads end) within `seconds`; bytes it sends meanwhile are skipped."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if not sock.recv(65536):
+                return True
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+    return False

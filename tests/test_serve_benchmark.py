@@ -28,3 +28,14 @@ def test_serve_benchmark_reports_throughput_ratio_and_latency_per_concurrency():
     best = result["translate_best_images_per_s"]
     assert best == max(r["images_per_s"] for r in result["translate"].values()) > 0
     assert result["ratio_c16_to_translate"] == pytest.approx(result["serve"]["16"]["images_per_s"] / best, rel=0.01)
+
+
+def test_hostile_clients_benchmark_reports_normal_requests_in_each_situation():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_hostile.py"), "--size", "64", "--ngf", "4",
+                           "--requests", "2", "--slow", "2"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["this"]) == {"alone", "slow_2", "tiling"}
+    for row in result["this"].values():
+        assert row["ok"] == 2 and row["refused"] == {} and 0 < row["p50_ms"] <= row["p99_ms"]
+    assert set(result["this"]["tiling"]["tiling_answers"]) == {"400"}  # 2401 tiles: refused before computing

@@ -43,6 +43,23 @@ def serve(
                                              help="Tile images above this many pixels, as translate's --max-pixels."),
     tile_norm: str = typer.Option("auto", "--tile-norm",
                                   help="auto, global or local instance-norm statistics of tiles."),
+    max_tiles: int = typer.Option(1024, "--max-tiles", min=1,
+                                  help="Most tiles one request may ask for with tile/overlap; more get 400."),
+    max_uploads: int = typer.Option(128, "--max-uploads", min=1,
+                                    help="Requests of one model receiving their bodies at once; more get 503."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.001,
+                                       help="Seconds for a request's whole body to arrive; slower ones get 408."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.001,
+                                         help="Seconds for a request's line and headers to arrive, else the "
+                                              "connection is closed."),
+    keep_alive_timeout: float = typer.Option(5.0, "--keep-alive-timeout", min=0.001,
+                                             help="Seconds an idle keep-alive connection stays open."),
+    graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", min=0.001,
+                                           help="On SIGTERM or Ctrl-C, seconds to finish the requests being "
+                                                "computed before exiting."),
+    allow_host: List[str] = typer.Option([], "--allow-host", metavar="HOST",
+                                         help="A Host name clients may use besides localhost (repeatable; '*' "
+                                              "any). Without it a server bound to loopback refuses other names."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the trained generators, not their EMA."),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="How much the server logs."),
     no_access_log: bool = typer.Option(False, "--no-access-log", help="Do not log every request."),
@@ -52,8 +69,11 @@ def serve(
     from img2img.inference.serve import serve as run_server
 
     settings = ServeSettings(max_pixels=max_pixels, max_body_bytes=int(max_body_mb * 2**20), queue_size=queue_size,
-                             batch_wait_ms=batch_wait_ms)
+                             batch_wait_ms=batch_wait_ms, body_timeout=body_timeout, max_uploads=max_uploads,
+                             max_tiles=max_tiles)
     run_server(models, host=host, port=port, device=device, precision=precision, use_ema=not no_ema,
                max_batch=max_batch, tiling=TileOptions(tile=tile, overlap=overlap, tile_norm=tile_norm,
                                                        tile_above=tile_above),
-               settings=settings, log_level=log_level.value, access_log=not no_access_log, console=console)
+               settings=settings, log_level=log_level.value, access_log=not no_access_log, console=console,
+               allow_host=allow_host, header_timeout=header_timeout, keep_alive_timeout=keep_alive_timeout,
+               graceful_timeout=graceful_timeout)

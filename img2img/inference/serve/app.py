@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import jinja2
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -37,6 +39,7 @@ from img2img.inference.serve.uploads import (
     MEDIA_TYPES,
     ApiError,
     Upload,
+    check_tile_budget,
     decode_upload,
     encode_result,
     parse_options,
@@ -58,6 +61,10 @@ class ServeSettings:
     batch_wait_ms: float = 5.0
     batch_pixels: int = 4_194_304  # a batch holds at most this many pixels (one larger image runs alone)
     workers: int = 2  # threads that decode uploads and encode results, beside each model's worker
+    body_timeout: float = 60.0  # seconds for a request's whole body to arrive (408 after)
+    max_uploads: int = 128  # requests of one model receiving their bodies at once (503 above)
+    max_tiles: int | None = 1024  # tiles one request may ask for with tile/overlap (400 above)
+    allowed_hosts: list[str] | None = None  # Host header values accepted; None: any
 
     def check(self) -> ServeSettings:
         from img2img.data.images import pixel_limit
@@ -72,11 +79,93 @@ class ServeSettings:
             raise Img2ImgError(f"--queue-size {self.queue_size}: must be >= 1")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise Img2ImgError(f"--batch-wait-ms {self.batch_wait_ms}: must be between 0 and 10000")
+        if not 0 < self.body_timeout <= 3600:
+            raise Img2ImgError(f"--body-timeout {self.body_timeout}: must be more than 0 and at most 3600 seconds")
+        if self.max_uploads < 1:
+            raise Img2ImgError(f"--max-uploads {self.max_uploads}: must be >= 1")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise Img2ImgError(f"--max-tiles {self.max_tiles}: must be >= 1")
         return self
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived: nobody to answer."""
+
+
+class SecurityHeaders:
+    """`X-Content-Type-Options: nosniff` on every answer (errors and static files too): a browser never
+    runs an answer as another type than the server says."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
+                message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class HostCheck:
+    """Serve only requests addressed to this server's names: the `Host` header (a web page on another
+    site reaching a loopback server through DNS rebinding sends its own name) and, where a browser
+    sends one, the `Origin` (a page on another site posting to the API). Starlette's
+    TrustedHostMiddleware matches the names; refusals are our JSON errors naming --allow-host."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str]):
+        self.app = app
+        self.allowed = list(allowed)
+        self.match = TrustedHostMiddleware(self._matched, allowed_hosts=self.allowed, www_redirect=False)
+
+    @staticmethod
+    async def _matched(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["matched"] = True
+
+    async def _trusted(self, host: str) -> bool:
+        probe: dict[str, Any] = {"type": "http", "headers": [(b"host", host.encode("latin-1"))]}
+
+        async def discard(message: Message) -> None:
+            pass
+
+        await self.match(probe, None, discard)  # type: ignore[arg-type]
+        return bool(probe.get("matched"))
+
+    def _refuse(self, status: int, code: str, what: str, host: str, field: str) -> JSONResponse:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        error = ApiError(status, code, f"{what} is not a name of this server (it answers {', '.join(self.allowed)}); "
+                         f"if clients reach it under that name, start it with --allow-host {name or 'NAME'}",
+                         field=field, headers={"Connection": "close"})
+        return _error_response(error)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")[:100]
+        if not await self._trusted(host):
+            await self._refuse(400, "unknown_host", f"Host {host!r}", host, "host")(scope, receive, send)
+            return
+        origin = headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1")[:200]
+            netloc = urlsplit(text).netloc if "://" in text else ""
+            if not netloc or not await self._trusted(netloc):
+                what = f"the page's Origin {text!r}"
+                await self._refuse(403, "foreign_origin", what, netloc, "origin")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -125,6 +214,8 @@ class ServerState:
         self.batchers: dict[str, MicroBatcher] = {}
         self.ready = False
         self.limiter: anyio.CapacityLimiter | None = None
+        self.uploading: dict[str, int] = {}  # per model: requests whose bodies are still arriving
+        self.stopping: asyncio.Event | None = None
 
     def batcher_for(self, model: ServedModel) -> MicroBatcher:
         def run(key: tuple, arrays: list) -> list:
@@ -139,11 +230,19 @@ class ServerState:
         if not self.table.loaded:
             await anyio.to_thread.run_sync(self.table.load)
         self.limiter = anyio.CapacityLimiter(max(1, self.settings.workers))
+        self.stopping = asyncio.Event()
         for name, model in self.table.models.items():
             batcher = self.batcher_for(model)
             batcher.start()
             self.batchers[name] = batcher
         self.ready = True
+
+    def drain(self) -> None:
+        """Shutdown has begun: requests still receiving their bodies are answered 503 now (the server
+        waits only for requests it computes)."""
+        self.ready = False
+        if self.stopping is not None:
+            self.stopping.set()
 
     async def stop(self) -> None:
         self.ready = False
@@ -159,8 +258,46 @@ def _safe_filename(name: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:80] or "image"
 
 
+async def receive_body(receive: Receive, *, timeout: float, limit: int, stopping: asyncio.Event | None) -> bytes:
+    """The whole request body, read before the request takes a place in a model's queue: at most `limit`
+    bytes, within `timeout` seconds (408 after), and given up when the server starts stopping."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    chunks: list[bytes] = []
+    size = 0
+    stop = asyncio.ensure_future(stopping.wait()) if stopping is not None else loop.create_future()
+    try:
+        while True:
+            arrival = asyncio.ensure_future(receive())
+            done, _ = await asyncio.wait({arrival, stop}, timeout=max(0.0, deadline - loop.time()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if arrival not in done:
+                arrival.cancel()
+                if stop in done:
+                    raise ApiError(503, "stopping", "the server is stopping; the request was not read (send it "
+                                   "again, to this server once restarted or to another)",
+                                   headers={"Connection": "close", "Retry-After": "5"})
+                raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout:g} s (this "
+                               f"server's --body-timeout; {size} bytes came); send the whole image at once, or "
+                               "raise --body-timeout for slow links", field=IMAGE_FIELD,
+                               headers={"Connection": "close"})
+            message = arrival.result()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                raise BodyTooLarge()
+            chunks.append(body)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    finally:
+        stop.cancel()
+
+
 async def _read_request(request: Request) -> tuple[bytes, dict[str, str], str | None]:
-    """The image bytes, the fields (query string and form) and the upload's file name."""
+    """The image bytes, the fields (query string and form) and the upload's file name; the body has
+    already been received (`receive_body`)."""
     fields: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
         if key in fields:
@@ -304,13 +441,36 @@ def create_app(table: ModelTable, settings: ServeSettings | None = None) -> Star
           "200": {$ref: "#/components/responses/Image"}
           "400": {$ref: "#/components/responses/Error"}
           "404": {$ref: "#/components/responses/Error"}
+          "408": {$ref: "#/components/responses/Error"}
           "413": {$ref: "#/components/responses/Error"}
           "415": {$ref: "#/components/responses/Error"}
           "503": {$ref: "#/components/responses/Busy"}
         """
         model = model_or_404(request.path_params["name"])
         if not state.ready:
-            raise ApiError(503, "not_ready", "the server is starting or stopping", headers={"Retry-After": "1"})
+            raise ApiError(503, "not_ready", "the server is starting or stopping",
+                           headers={"Retry-After": "1", "Connection": "close"})
+        # read and bound the body first, queue the work second: a slow upload never holds a queue place
+        uploading = state.uploading.get(model.name, 0)
+        if uploading >= settings.max_uploads:
+            raise ApiError(503, "busy", f"model '{model.name}' is receiving {uploading} uploads at once (its "
+                           "--max-uploads); retry after 1 s", headers={"Retry-After": "1", "Connection": "close"})
+        state.uploading[model.name] = uploading + 1
+        try:
+            body = await receive_body(request.receive, timeout=settings.body_timeout,
+                                      limit=settings.max_body_bytes, stopping=state.stopping)
+        finally:
+            state.uploading[model.name] -= 1
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return {"type": "http.disconnect"}
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        request = Request(request.scope, replay)
         batcher = state.batchers[model.name]
         try:
             batcher.admit()
@@ -320,10 +480,14 @@ def create_app(table: ModelTable, settings: ServeSettings | None = None) -> Star
                            headers={"Retry-After": str(full.retry_after)}) from None
         try:
             data, fields, filename = await _read_request(request)
+            del body
             options = parse_options(fields, model, table.tiling)
-            channels = model.translators[options.direction].in_channels
-            upload: Upload = await state.in_thread(decode_upload, data, channels, options, settings.max_pixels)
+            translator = model.translators[options.direction]
+            upload: Upload = await state.in_thread(decode_upload, data, translator.in_channels, options,
+                                                   settings.max_pixels)
             del data
+            check_tile_budget(fields, options, upload.height, upload.width, translator.size_multiple,
+                              settings.max_tiles)
             key = (options.direction, options.tiling, upload.height, upload.width)
             alone = model.tiled(options.direction, options.tiling, upload.height, upload.width)
             try:
@@ -364,10 +528,17 @@ def create_app(table: ModelTable, settings: ServeSettings | None = None) -> Star
     async def body_too_large(request: Request, exc: Exception) -> Response:
         return _too_large(settings.max_body_bytes)
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        log.info("%s %s: the client closed the connection before its request body arrived", request.method,
+                 request.url.path)
+        return Response(status_code=400, headers={"Connection": "close"})  # nobody reads it
+
     async def server_error(request: Request, exc: Exception) -> Response:
-        # uvicorn logs the traceback: Starlette raises the exception again after this answer
+        # uvicorn logs the traceback and closes the connection (Starlette raises the exception again after
+        # this answer), so the answer says so: a client must not send its next request on this connection
         error = ApiError(500, "internal_error", "the server failed on this request (see its log); the next request "
-                         "is served as usual")
+                         "is served as usual (on a new connection)",
+                         headers={"Connection": "close", "X-Content-Type-Options": "nosniff"})
         return _error_response(error)
 
     routes = [
@@ -381,7 +552,11 @@ def create_app(table: ModelTable, settings: ServeSettings | None = None) -> Star
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        ApiError: api_error, HTTPException: http_error, BodyTooLarge: body_too_large, Exception: server_error})
+        ApiError: api_error, HTTPException: http_error, BodyTooLarge: body_too_large, ClientGone: client_gone,
+        Exception: server_error})
     app.state.serve = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+    app.add_middleware(SecurityHeaders)  # the outermost: its header is on every answer, refusals included
     return app

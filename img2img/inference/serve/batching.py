@@ -50,8 +50,9 @@ class MicroBatcher:
     """Collects jobs by key and runs up to `max_batch` of one key (and at most `max_cost` together,
     e.g. pixels) as one call of `run(key, items) -> results` in a single worker thread.
 
-    `admit()` reserves a place before the request's body is read; more than `queue_size` admitted
-    requests raise `QueueFull`, so a flood is answered at once instead of piling up in memory.
+    `admit()` reserves a place once the request's body has been received (a slow upload never holds
+    one); more than `queue_size` admitted requests raise `QueueFull`, so a flood is answered at once
+    instead of piling up in memory.
     """
 
     def __init__(self, run: Callable[[Hashable, list[Any]], Sequence[Any]], *, max_batch: int = 8,

@@ -56,7 +56,8 @@ COMPONENTS = {
         "format": _query("format", {"type": "string", "enum": ["png", "jpg", "webp", "tif", "bmp"]},
                          "the answer's format; default: the upload's own"),
         "tile": _query("tile", {"type": "integer", "minimum": 16, "maximum": MAX_TILE},
-                       "translate images larger than this in tiles of this size"),
+                       "translate images larger than this in tiles of this size (at most the server's "
+                       "--max-tiles tiles per request)"),
         "overlap": _query("overlap", {"type": "integer", "minimum": 0}, "pixels shared by neighbouring tiles"),
         "tile_norm": _query("tile_norm", {"type": "string", "enum": ["auto", "global", "local"]},
                             "instance-norm statistics of tiles: chosen per image (auto), of the whole image "
@@ -79,7 +80,8 @@ COMPONENTS = {
                               for t in ("image/png", "image/jpeg", "image/webp", "image/tiff", "image/bmp")}},
         "Error": {"description": "a refused request", "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/Error"}}}},
-        "Busy": {"description": "the model's queue is full; retry after the Retry-After seconds",
+        "Busy": {"description": "the model's queue is full, or it is receiving --max-uploads bodies; retry after "
+                                "the Retry-After seconds",
                  "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
     },

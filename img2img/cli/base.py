@@ -38,7 +38,7 @@ def report_user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from img2img.engine.train import TrainingStopped
+        from img2img.engine.signals import TrainingStopped
 
         try:
             return fn(*args, **kwargs)

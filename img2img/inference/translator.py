@@ -23,7 +23,7 @@ from img2img.devices import select_device
 from img2img.engine.checkpoint import load_generator
 from img2img.errors import Img2ImgError
 from img2img.inference.backends import OnnxBackend, TorchBackend, physical_cores
-from img2img.inference.files import TranslateReport, plan_outputs, run_plan
+from img2img.inference.files import Terminated, TranslateReport, on_sigterm, plan_outputs, run_plan, translation_stopped
 from img2img.inference.normstats import apply_norm_stats, check_onnx_norm_stats
 from img2img.inference.tiling import check_tiling, tile_plan, translate_tiled
 
@@ -291,7 +291,11 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
     if resize is not None and resize < 1:
         raise Img2ImgError(f"--resize {resize}: must be a positive number of pixels")
     plan = plan_outputs([Path(p) for p in inputs], Path(out), fmt, overwrite)  # folder problems before the model loads
-    translator = Translator.load(model, direction, device=device, precision=precision, use_ema=use_ema,
-                                 channels_last=channels_last, batch_size=batch_size, tile=tile, overlap=overlap, max_pixels=max_pixels,
-                                 tile_norm=tile_norm, norm_stats=norm_stats)
-    return run_plan(translator, plan, Path(out), resize=resize, keep_depth=keep_depth, console=console)
+    with on_sigterm():  # SIGTERM stops like Ctrl-C: what was written is said, exit 143
+        try:
+            translator = Translator.load(model, direction, device=device, precision=precision, use_ema=use_ema,
+                                         channels_last=channels_last, batch_size=batch_size, tile=tile, overlap=overlap, max_pixels=max_pixels,
+                                         tile_norm=tile_norm, norm_stats=norm_stats)
+        except (KeyboardInterrupt, Terminated) as exc:
+            raise translation_stopped(exc, 0, len(plan.jobs), Path(out)) from None
+        return run_plan(translator, plan, Path(out), resize=resize, keep_depth=keep_depth, console=console)

@@ -1,0 +1,57 @@
+"""What a careless first hour meets: a file that is not an image, a stopped translation, options given
+as null, a task whose helper names meet the engine's, logs redirected to a file."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from img2img.cli import app
+from img2img.testing import write_images
+
+from cli_support import user_error
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_process(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "img2img", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_translate_refuses_an_explicit_file_that_is_not_an_image(translate_run, tmp_path):
+    script = tmp_path / "one_file.py"
+    script.write_text("print('hello')\n")
+    result = runner.invoke(app, ["translate", str(script), "--model", str(translate_run), "--out", str(tmp_path / "o")])
+    user_error(result, f"{script} is not an image file", "give image files or folders")
+    assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_during_translate_says_what_was_written_and_a_rerun_continues(translate_run, tmp_path):
+    write_images(tmp_path / "in", 120, 128, seed=3)
+    out = tmp_path / "out"
+    args = ["translate", str(tmp_path / "in"), "--model", str(translate_run), "--out", str(out), "--device", "cpu"]
+    proc = cli_process(*args)
+    deadline = time.monotonic() + 240
+    while not (out.is_dir() and any(out.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stdout + stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert 0 < len(written) < 120 and all(name.endswith(".png") for name in written)  # whole files only
+    text = " ".join((stdout + stderr).split())
+    assert f"stopped by SIGTERM: wrote {len(written)} of 120 images" in text and "Traceback" not in text
+    assert "Run the same command again to continue" in text
+    again = cli_process(*args)
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr
+    assert len(list(out.iterdir())) == 120 and f"skipped {len(written)} existing" in " ".join(stdout.split())

@@ -55,3 +55,28 @@ def test_sigterm_during_translate_says_what_was_written_and_a_rerun_continues(tr
     stdout, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr
     assert len(list(out.iterdir())) == 120 and f"skipped {len(written)} existing" in " ".join(stdout.split())
+
+
+def metric_rows(run: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_val_every_null_turns_validation_off_and_stays_off_on_resume(tiny_pix2pix, tmp_path):
+    import yaml
+
+    from img2img.engine.train import train
+
+    data, run = tiny_pix2pix.parent, tmp_path / "run"
+    val = [f"data.val.a={data / 'inA'}", f"data.val.b={data / 'inB'}"]
+    train(tiny_pix2pix, out=run, overrides=[*val, "train.val_every=null", "train.max_steps=2",
+                                            "train.checkpoint_every=1"])
+    assert not [r for r in metric_rows(run) if "val_l1" in r] and not (run / "checkpoints" / "best.pt").exists()
+    assert yaml.safe_load((run / "pipeline.yaml").read_text())["train"]["val_every"] is None
+    train(None, resume=run, overrides=["train.max_steps=3"])
+    assert not [r for r in metric_rows(run) if "val_l1" in r]
+    default = tmp_path / "default"  # left out: every checkpoint_every steps, written into the resolved pipeline
+    train(tiny_pix2pix, out=default, overrides=[*val, "train.max_steps=2", "train.checkpoint_every=1"])
+    assert [r["step"] for r in metric_rows(default) if "val_l1" in r] == [1, 2]
+    assert yaml.safe_load((default / "pipeline.yaml").read_text())["train"]["val_every"] == 1

@@ -95,10 +95,17 @@ class Validator:
         check_ready(p, "the pipeline (train.* / data.val)")
         if p.data.val is None:
             return None
+        if p.train.val_every is None:
+            if "val_every" in p.train.model_fields_set:  # `val_every: null` given: off, not the default
+                trainer.console.print("validation: off (train.val_every is null; give a number of steps, e.g. "
+                                      "--set train.val_every=1000, to validate on data.val)",
+                                      highlight=False, markup=False)
+                return None
+            p.train.val_every = p.train.checkpoint_every  # the resolved pipeline says how often
         metric = effective_metric(task_cls, p)
         if p.train.val_metric is None:
             p.train.val_metric = metric  # the resolved pipeline (pipeline.yaml, checkpoints) says which
-        v = cls(trainer=trainer, metric=metric, every=p.train.val_every or p.train.checkpoint_every,
+        v = cls(trainer=trainer, metric=metric, every=p.train.val_every,
                 images=load_val_images(p, task_cls.data_kind == "paired"),
                 higher=metric in task_cls.val_higher_is_better)
         if metric in DISTRIBUTION_METRICS:

@@ -20,11 +20,12 @@ runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli_process(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+def cli_process(*args: str, drop_env: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`img2img ARGS` in a real process, its stdout and stderr pipes (not terminals)."""
+    env = {**{k: v for k, v in os.environ.items() if k not in drop_env}, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-m", "img2img", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True)
 
 
 def test_translate_refuses_an_explicit_file_that_is_not_an_image(translate_run, tmp_path):
@@ -80,3 +81,23 @@ def test_val_every_null_turns_validation_off_and_stays_off_on_resume(tiny_pix2pi
     train(tiny_pix2pix, out=default, overrides=[*val, "train.max_steps=2", "train.checkpoint_every=1"])
     assert [r["step"] for r in metric_rows(default) if "val_l1" in r] == [1, 2]
     assert yaml.safe_load((default / "pipeline.yaml").read_text())["train"]["val_every"] == 1
+
+
+def test_output_that_is_not_a_terminal_is_never_wrapped(tmp_path):
+    from img2img.testing import tiny_pipeline
+
+    pipeline = tiny_pipeline(tmp_path / "deep" / ("long-folder-name-" * 6), "cyclegan")
+    trained = cli_process("train", str(pipeline), "--out", str(tmp_path / "run"), "--set", "train.max_steps=2",
+                          drop_env=("COLUMNS",))
+    stdout, stderr = trained.communicate(timeout=600)
+    assert trained.returncode == 0, stderr
+    steps = [line for line in stdout.splitlines() if line.startswith("step ")]
+    assert steps and all("d_b" in line and "g_ab" in line for line in steps)  # one record, one line
+    assert max(len(line) for line in steps) > 80
+    bad = tmp_path / ("x" * 150) / "missing"
+    checked = cli_process("validate", str(pipeline), "--set", f"data.a={bad}", "--set", f"data.b={bad}",
+                          drop_env=("COLUMNS",))
+    stdout, stderr = checked.communicate(timeout=300)
+    lines = [line for line in (stdout + stderr).splitlines() if str(bad) in line]
+    assert len(lines) >= 2 and all(line.lstrip().startswith(("data.a", "data.b", "warning")) for line in lines), \
+        stdout + stderr

@@ -101,3 +101,57 @@ def test_output_that_is_not_a_terminal_is_never_wrapped(tmp_path):
     lines = [line for line in (stdout + stderr).splitlines() if str(bad) in line]
     assert len(lines) >= 2 and all(line.lstrip().startswith(("data.a", "data.b", "warning")) for line in lines), \
         stdout + stderr
+
+
+def _pix2pix_with(members: dict) -> type:
+    from typing import Literal
+
+    from pydantic import create_model
+
+    from img2img.tasks.pix2pix import Pix2Pix, Pix2PixPipeline
+
+    pipeline = create_model("MinePipeline", __base__=Pix2PixPipeline, task=(Literal["mine"], "mine"))
+    return type("MyPix2Pix", (Pix2Pix,), {"name": "mine", "Pipeline": pipeline, **members})
+
+
+def _train_task(task_cls: type, tmp_path: Path):
+    import img2img
+    from img2img.testing import registered, tiny_pipeline
+
+    class Plugin:
+        @img2img.hookimpl
+        def register_tasks(self, register):
+            register("mine", task_cls)
+
+    with registered(Plugin(), name="mine-plugin"):
+        pipeline = tiny_pipeline(tmp_path, task="mine", paired=True,
+                                 generator={"name": "unet", "num_downs": 5, "ngf": 8},
+                                 discriminator={"name": "patchgan", "ndf": 8, "n_layers": 2})
+        return runner.invoke(app, ["train", str(pipeline), "--out", str(tmp_path / "run")])
+
+
+def test_a_task_may_name_its_helpers_as_it_likes(tmp_path):
+    calls = []
+
+    def _plain(self, x):  # names the engine once used for its own state
+        calls.append(x)
+        return x
+
+    def train_step(self, batch):
+        self._plain(1), self._agree(2), self._setup_fn(3), self._set_up(4)
+        return super(task_cls, self).train_step(batch)
+
+    def helper(self, x):
+        return x
+
+    task_cls = _pix2pix_with({"_plain": _plain, "_agree": helper, "_setup_fn": helper, "_set_up": helper,
+                              "_engine": helper, "train_step": train_step})
+    result = _train_task(task_cls, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert calls == [1, 1] and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_task_member_that_hides_an_engine_attribute_is_named_with_it(tmp_path):
+    result = _train_task(_pix2pix_with({"amp": lambda self: "mine"}), tmp_path)
+    user_error(result, "MyPix2Pix defines the method 'amp', which is also Task.amp (the precision)",
+               "rename MyPix2Pix.amp")

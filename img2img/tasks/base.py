@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from img2img.config import GeneratorSpec, PipelineBase
+from img2img.errors import Img2ImgError
 from img2img.precision import Precision
 from img2img.tasks import validation as val
 
@@ -126,6 +128,42 @@ class Nets(nn.ModuleDict):
         super().__setitem__(key, self._task.setup(module))
 
 
+@dataclass
+class _EngineState:
+    """What the engine keeps in a task, in one attribute that no subclass can meet by accident
+    (``self.__engine``, stored as ``_Task__engine``): a task's own ``_plain`` or ``_agree`` stays its own."""
+
+    setup: Callable[[nn.Module], nn.Module] | None
+    agree: Callable[[bool], bool]
+    set_up: weakref.WeakSet = field(default_factory=weakref.WeakSet)
+    plain: int = 0  # depth of `plain_nets()` blocks
+
+
+ENGINE_ATTRIBUTES = {
+    "pipeline": "the validated pipeline", "device": "the training device", "amp": "the precision",
+    "registry": "the component registry", "nets": "the task's networks", "optimizers": "the optimisers",
+    "schedulers": "the learning-rate schedulers", "skip_nonfinite": "train.on_nan: skip",
+    "skipped_updates": "the count of skipped updates", "_Task__engine": "the engine's own state",
+}
+"""Instance attributes `Task.__init__` sets; a subclass that defines one of these names would lose it."""
+
+
+def _check_engine_names(cls: type) -> None:
+    """A task class whose members (methods, properties, class attributes) hide an attribute the engine
+    sets is refused, naming both: otherwise one silently replaces the other."""
+    for klass in cls.__mro__:
+        if klass is Task:
+            break
+        clashes = sorted(set(vars(klass)) & set(ENGINE_ATTRIBUTES))
+        if clashes:
+            name = clashes[0]
+            kind = "method" if callable(vars(klass)[name]) else "attribute"
+            raise Img2ImgError(
+                f"task class {klass.__module__}.{klass.__qualname__} defines the {kind} '{name}', which is also "
+                f"Task.{name} ({ENGINE_ATTRIBUTES[name]}), set by the engine for every task; rename "
+                f"{klass.__qualname__}.{name}" + (f" (and {', '.join(clashes[1:])})" if clashes[1:] else ""))
+
+
 class Task:
     """Base class of training recipes; see the module docstring for the contract."""
 
@@ -150,14 +188,12 @@ class Task:
                  agree: Callable[[bool], bool] | None = None, build: bool = True) -> None:
         from img2img.registry import get_registry
 
+        _check_engine_names(type(self))
         self.pipeline = pipeline
         self.device = torch.device(device)
         self.amp = precision or Precision("fp32", self.device)
         self.registry = registry or get_registry()
-        self._setup_fn = setup
-        self._agree = agree or (lambda flag: flag)
-        self._set_up: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-        self._plain = 0
+        self.__engine = _EngineState(setup=setup, agree=agree or (lambda flag: flag))
         self.nets = Nets(self)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
@@ -305,25 +341,26 @@ class Task:
     # -- helpers for subclasses -------------------------------------------------------------
     def setup(self, module: nn.Module) -> nn.Module:
         """Place `module` on the training device and wrap it as the run needs; keep what this returns."""
-        if module in self._set_up:
+        engine = self.__engine
+        if module in engine.set_up:
             return module
-        if self._plain or self._setup_fn is None:
+        if engine.plain or engine.setup is None:
             module = module.to(self.device)
-            if self.pipeline.train.channels_last and not self._plain:
+            if self.pipeline.train.channels_last and not engine.plain:
                 module = module.to(memory_format=torch.channels_last)
         else:
-            module = self._setup_fn(module)
-        self._set_up.add(module)
+            module = engine.setup(module)
+        engine.set_up.add(module)
         return module
 
     @contextlib.contextmanager
     def plain_nets(self):
         """Within this block `build_net`/`setup` only move networks to the device, without wrappers."""
-        self._plain += 1
+        self.__engine.plain += 1
         try:
             yield
         finally:
-            self._plain -= 1
+            self.__engine.plain -= 1
 
     def build_net(self, kind: str, spec: Any, **io: int) -> nn.Module:
         """Build a component from the registry and set it up (see `setup`)."""
@@ -348,7 +385,7 @@ class Task:
         """
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        if self.skip_nonfinite and self._agree(not bool(torch.isfinite(loss))):
+        if self.skip_nonfinite and self.__engine.agree(not bool(torch.isfinite(loss))):
             self.skipped_updates += 1
             return
         self.amp.backward(loss)

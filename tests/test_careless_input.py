@@ -155,3 +155,19 @@ def test_a_task_member_that_hides_an_engine_attribute_is_named_with_it(tmp_path)
     result = _train_task(_pix2pix_with({"amp": lambda self: "mine"}), tmp_path)
     user_error(result, "MyPix2Pix defines the method 'amp', which is also Task.amp (the precision)",
                "rename MyPix2Pix.amp")
+
+
+def test_nproc_2_on_cpus_trains_the_pix2pix_defaults_with_per_process_batch_norm(tiny_pix2pix, tmp_path):
+    import torch
+
+    from test_distributed import IMG2IMG, run_cmd
+
+    # the pix2pix defaults: unet and patchgan with batch norm (tiny widths)
+    result = run_cmd(IMG2IMG + ["train", str(tiny_pix2pix), "--nproc", "2", "--out", str(tmp_path / "run"),
+                                "--set", "train.max_steps=2", "--set", "model.discriminator.norm=batch"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SyncBatchNorm layers only work" not in result.stderr
+    said = (result.stdout + result.stderr).count("each process normalises with its own batch's statistics")
+    assert said == 1, result.stdout
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 2

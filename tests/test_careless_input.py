@@ -171,3 +171,36 @@ def test_nproc_2_on_cpus_trains_the_pix2pix_defaults_with_per_process_batch_norm
     assert said == 1, result.stdout
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 2
+
+
+def test_a_demo_pipeline_trains_on_the_folders_the_user_gives(tmp_path, monkeypatch):
+    from img2img.testing import write_pairs
+
+    write_pairs(tmp_path / "pics" / "a", tmp_path / "pics" / "b", 4, 40)
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--set", f"data.a={tmp_path / 'pics' / 'a'}", "--set", f"data.b={tmp_path / 'pics' / 'b'}",
+            "--set", "model.generator={name: unet, num_downs: 5, ngf: 4}", "--set", "model.discriminator.ndf=4",
+            "--set", "data.transforms=[{Resize: {height: 32, width: 32}}]", "--set", "data.num_workers=0",
+            "--set", "train.batch_size=2", "--set", "train.max_steps=1"]
+    checked = runner.invoke(app, ["validate", "demo-pix2pix", *tiny])
+    assert checked.exit_code == 0, checked.output
+    trained = runner.invoke(app, ["train", "demo-pix2pix", "--out", str(tmp_path / "run"), *tiny])
+    assert trained.exit_code == 0, trained.output
+    for result in (checked, trained):
+        text = " ".join(result.output.split())
+        assert text.count("data.synthesize: outlines is not used: data.a and data.b") == 1, text
+    assert not (tmp_path / "data").exists() and sorted(p.name for p in (tmp_path / "pics").iterdir()) == ["a", "b"]
+    import yaml
+
+    resolved = yaml.safe_load((tmp_path / "run" / "pipeline.yaml").read_text())["data"]
+    assert resolved["synthesize"] is None and resolved["test_a"] is None  # the demo's test folders went with it
+
+
+def test_a_demo_pipeline_given_one_own_folder_names_the_other_and_the_way_out(tmp_path, monkeypatch):
+    from img2img.testing import write_images
+
+    write_images(tmp_path / "pics", 4, 40)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["validate", "demo-pix2pix", "--set", f"data.a={tmp_path / 'pics'}"])
+    user_error(result, f"data.b: {tmp_path / 'data' / 'demo-outlines' / 'trainB'} is the demo's folder (data.synthesize: outlines), while "
+                       f"data.a is your own {tmp_path / 'pics'}", "--set data.synthesize=null")

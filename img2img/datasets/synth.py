@@ -187,12 +187,54 @@ def synthesize_problems(data, data_kind: str, task: str) -> list[tuple[str, str]
         return [("data.synthesize", f"'{name}' is written as trainA/trainB folders, not side-by-side pairs; "
                                     "use data.a and data.b instead of data.pairs")]
     if data.a is None:
-        return [("data.a", f"required with data.synthesize: the folder trainA of the '{name}' dataset")]
+        return [("data.a", f"required with data.synthesize: the folder trainA of the '{name}' dataset, or "
+                           "--set data.synthesize=null to train on folders you give")]
+    own = [key for key, want in DEMO_FOLDERS.items() if getattr(data, key) is not None
+           and Path(getattr(data, key)).name != want]
+    if own:  # one folder of the user's, one of the demo's (`use_given_data` took the case of both)
+        key = next(k for k in DEMO_FOLDERS if k not in own)
+        return [(f"data.{key}", f"{getattr(data, key)} is the demo's folder (data.synthesize: {name}), while "
+                                f"data.{own[0]} is your own {getattr(data, own[0])}; give data.{key} too "
+                                f"(--set data.{key}=DIR), or --set data.synthesize=null to train on the folders "
+                                "you give")]
     root = Path(data.a).parent
-    wrong = [(key, want) for key, want in (("a", "trainA"), ("b", "trainB"))
+    wrong = [(key, want) for key, want in DEMO_FOLDERS.items()
              if getattr(data, key) is not None and Path(getattr(data, key)) != root / want]
     return [(f"data.{key}", f"data.synthesize writes the '{name}' dataset as {root}/trainA, trainB, testA and "
-                            f"testB; point data.{key} at {root / want}") for key, want in wrong]
+                            f"testB; point data.{key} at {root / want}, or --set data.synthesize=null to train "
+                            "on the folders you give") for key, want in wrong]
+
+
+DEMO_FOLDERS = {"a": "trainA", "b": "trainB"}
+"""The folders `data.synthesize` writes, by data key."""
+
+
+def use_given_data(data) -> str | None:
+    """A demo pipeline (``data.synthesize``) given the user's own training data, by ``--set`` or in a
+    copied file: ``data.pairs``, or ``data.a`` and ``data.b`` that are not the demo's ``trainA`` and
+    ``trainB``. Then those are used: ``data.synthesize`` (and the demo's test folders, which it would
+    have made) is dropped from `data` and the note saying so is returned; otherwise None."""
+    name = data.synthesize
+    if not name or name not in SYNTH_DATASETS:
+        return None
+    demo = {key: getattr(data, key) is not None and Path(getattr(data, key)).name == want
+            for key, want in DEMO_FOLDERS.items()}
+    if data.pairs is not None:
+        for key in DEMO_FOLDERS:
+            if demo[key]:
+                setattr(data, key, None)
+        given = f"data.pairs ({data.pairs})"
+    elif data.a is not None and data.b is not None and not demo["a"] and not demo["b"]:
+        given = f"data.a and data.b ({data.a}, {data.b})"
+    else:
+        return None
+    for key, want in (("test_a", "testA"), ("test_b", "testB")):
+        folder = getattr(data, key)
+        if folder is not None and Path(folder).name == want and not Path(folder).exists():
+            setattr(data, key, None)  # the demo's, never made
+    data.synthesize = None
+    return (f"data.synthesize: {name} is not used: {given} name your own data, so the demo data set is not "
+            "generated and training reads your folders")
 
 
 def ensure_synth(name: str, out: Path, seed: int = 0) -> bool:

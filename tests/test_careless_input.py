@@ -204,3 +204,18 @@ def test_a_demo_pipeline_given_one_own_folder_names_the_other_and_the_way_out(tm
     result = runner.invoke(app, ["validate", "demo-pix2pix", "--set", f"data.a={tmp_path / 'pics'}"])
     user_error(result, f"data.b: {tmp_path / 'data' / 'demo-outlines' / 'trainB'} is the demo's folder (data.synthesize: outlines), while "
                        f"data.a is your own {tmp_path / 'pics'}", "--set data.synthesize=null")
+
+
+def test_the_batch_size_check_counts_readable_samples_and_lists_the_unreadable_in_one_message(tiny_pix2pix,
+                                                                                               tmp_path):
+    inputs = sorted((tiny_pix2pix.parent / "inA").glob("*.png"))
+    for broken in inputs[:2]:
+        broken.write_bytes(b"not a png")
+    result = runner.invoke(app, ["train", str(tiny_pix2pix), "--out", str(tmp_path / "run"),
+                                 "--set", "train.batch_size=8"])
+    user_error(result, "2 image file(s) cannot be read:", str(inputs[0]), str(inputs[1]),
+               "train.batch_size is 8 but there are only 4 readable (leaving out 2 unreadable file(s)) training "
+               "sample(s)")
+    skipping = runner.invoke(app, ["train", str(tiny_pix2pix), "--out", str(tmp_path / "run"),
+                                   "--set", "train.batch_size=8", "--set", "data.skip_unreadable=true"])
+    user_error(skipping, "only 4 readable (leaving out 2 unreadable file(s)) training sample(s)")

@@ -5,7 +5,9 @@ Each command module registers its commands on the one typer `app`; plugins add t
 """
 from __future__ import annotations
 
-import click
+from difflib import get_close_matches
+from typing import Any
+
 import typer
 import typer.main
 from typer.core import TyperGroup
@@ -67,11 +69,20 @@ class _Commands(TyperGroup):
             for name, command in typer.main.get_group(app).commands.items():
                 self.commands.setdefault(name, command)
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         self._with_plugins(listing=True)
         return super().list_commands(ctx)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # click's NoSuchOption: suggest only options whose names are alike
+            name, possible = getattr(exc, "option_name", None), getattr(exc, "possibilities", None)
+            if name and possible:  # `--bogus` is not like `--out`: compare without the dashes
+                exc.possibilities = [p for p in possible if get_close_matches(name.lstrip("-"), [p.lstrip("-")])]
+            raise
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
         if command is None and not cmd_name.startswith("-"):
             self._with_plugins(listing=False)

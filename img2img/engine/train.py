@@ -132,13 +132,14 @@ def _ensure_synth(pipeline: PipelineBase, console: Console) -> None:
     if not name:
         return
     from img2img.datasets.synth import ensure_synth, synthesize_problems
-    from img2img.errors import PipelineError
     from img2img.registry import get_registry
 
     data_kind = get_registry().get("task", pipeline.task).factory.data_kind
     problems = synthesize_problems(pipeline.data, data_kind, pipeline.task)
     if problems:
-        raise PipelineError(problems, "the pipeline")
+        from img2img.config.pipeline import pipeline_error
+
+        raise pipeline_error(pipeline, problems, "the pipeline")
     target = pipeline.data.a or pipeline.data.pairs
     if target is None:
         return

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from img2img.engine import checkpoint as ckpt_io
-from img2img.errors import Img2ImgError, PipelineError
+from img2img.errors import Img2ImgError
 from img2img.inference.tiling import SizeAdapter
 from img2img.tasks.validation import DISTRIBUTION_METRICS, ValImages, effective_metric, extractor_ref
 
@@ -42,7 +42,9 @@ def check_ready(pipeline, source: str | None = None) -> None:
     problems = synthesize_problems(pipeline.data, task_cls.data_kind, pipeline.task)
     problems += list(task_cls.validate_setup(pipeline)) if hasattr(task_cls, "validate_setup") else []
     if problems:
-        raise PipelineError(problems, source)
+        from img2img.config.pipeline import pipeline_error
+
+        raise pipeline_error(pipeline, problems, source)
 
 
 def data_notes(pipeline) -> list[str]:

@@ -219,3 +219,13 @@ def test_the_batch_size_check_counts_readable_samples_and_lists_the_unreadable_i
     skipping = runner.invoke(app, ["train", str(tiny_pix2pix), "--out", str(tmp_path / "run"),
                                    "--set", "train.batch_size=8", "--set", "data.skip_unreadable=true"])
     user_error(skipping, "only 4 readable (leaving out 2 unreadable file(s)) training sample(s)")
+
+
+def test_docs_named_in_messages_are_shown_by_img2img_docs():
+    listed = runner.invoke(app, ["docs"])
+    assert listed.exit_code == 0 and "troubleshooting  When things go wrong" in listed.output
+    shown = runner.invoke(app, ["docs", "docs/import.md"])
+    assert shown.exit_code == 0 and shown.output.startswith("# Importing pretrained generators")
+    user_error(runner.invoke(app, ["docs", "imprt"]), "no document named 'imprt'; did you mean 'import'?")
+    helped = runner.invoke(app, ["translate", "--help"], env={"COLUMNS": "300"})
+    assert "See `img2img docs import`" in " ".join(helped.output.split()) and "docs/import.md" not in helped.output

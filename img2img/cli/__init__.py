@@ -18,7 +18,7 @@ from img2img.errors import Img2ImgError
 # Each module adds its commands; `img2img --help` lists them in this order.
 from img2img.cli import training, inference, serve, plugins, datasets, evaluation, weights  # noqa: E402, F401, I001  isort:skip
 from img2img.cli import pipelines, importing  # noqa: E402, F401  isort:skip
-from img2img.cli import health  # noqa: E402, F401, I001  isort:skip
+from img2img.cli import health, docs  # noqa: E402, F401, I001  isort:skip
 
 __all__ = ["app", "console", "err_console", "main", "print_message", "report_user_errors"]
 

@@ -28,7 +28,7 @@ def health(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, signals, warnings."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the signals' curves to this PNG/SVG/PDF."),
 ) -> None:
-    """Diagnose a run: mode collapse, a discriminator that wins, unstable convergence (see docs/health.md)."""
+    """Diagnose a run: mode collapse, a discriminator that wins, unstable convergence (see `img2img docs health`)."""
     from img2img.evaluation.health import plot as draw
     from img2img.evaluation.health import run_health
 

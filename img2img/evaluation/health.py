@@ -235,7 +235,7 @@ not logged a step yet).</p>
 <p class="sub">{% if h.status == "healthy" %}No warning up to step {{ h.last_step }}.{% elif h.status == "not judged" %}
 Not judged yet: nothing is judged during the warm-up, until step {{ h.thresholds.warmup }}.{% else %}
 {{ h.warnings|length }} warning(s){% if h.status == "recovered" %}, all cleared{% endif %}; red lines mark where each
-fired (shaded from the step its condition began), green where it cleared. See docs/health.md.{% endif %}</p>
+fired (shaded from the step its condition began), green where it cleared. See `img2img docs health`.{% endif %}</p>
 {% if h.warnings %}<table>
 <tr><th>step</th><th>since</th><th>finding</th><th>cleared</th><th>what was seen, what to try</th></tr>
 {% for w in h.warnings %}<tr><td>{{ w.step }}</td><td>{{ w.since }}</td>

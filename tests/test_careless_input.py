@@ -229,3 +229,17 @@ def test_docs_named_in_messages_are_shown_by_img2img_docs():
     user_error(runner.invoke(app, ["docs", "imprt"]), "no document named 'imprt'; did you mean 'import'?")
     helped = runner.invoke(app, ["translate", "--help"], env={"COLUMNS": "300"})
     assert "See `img2img docs import`" in " ".join(helped.output.split()) and "docs/import.md" not in helped.output
+
+
+def test_serves_start_up_table_shows_every_direction_of_a_model(translate_run):
+    import io
+
+    from rich.console import Console
+
+    from img2img.inference.serve.models import ModelTable
+    from img2img.inference.serve.server import _summary
+
+    out = io.StringIO()
+    _summary(ModelTable.from_args([f"h2z={translate_run}"], device="cpu").load(), Console(file=out, width=300))
+    row = next((line for line in out.getvalue().splitlines() if "h2z" in line), out.getvalue())
+    assert "a2b, b2a" in row and "a2b (torch, cpu, fp32)" in row and "b2a (torch, cpu, fp32)" in row, row

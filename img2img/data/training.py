@@ -110,7 +110,8 @@ class TrainData:
         self._sampler = _EpochSampler(self._samples.num_items, self.seed, rank, world_size, self.batch_size)
         self._loader: DataLoader | None = None
         self._skipped = 0  # unreadable files left out (data.skip_unreadable)
-        # the batch size is checked by `check()`, against the samples that can be read
+        if self._sampler.per_rank() < self.batch_size:
+            self.check()  # too few samples: said with the unreadable files listed and left out of the count
 
     # -- sizes -------------------------------------------------------------------------------
 

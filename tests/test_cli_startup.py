@@ -101,3 +101,17 @@ def test_strict_plugins_and_a_broken_plugin_still_give_the_version(tmp_path):
     assert done.returncode == 0 and done.stdout.startswith("img2img "), done.stderr  # bug reports need it
     failing = run_cli("components", env=env)
     assert failing.returncode == 1 and "nope" in failing.stderr and "Traceback" not in failing.stderr
+
+
+def test_a_plugin_whose_register_commands_raises_is_listed_with_the_error(tmp_path):
+    import json
+
+    source = "import img2img\n\n@img2img.hookimpl\ndef register_commands(app):\n    raise RuntimeError('no commands today')\n"
+    site = fake_site(tmp_path, "img2img-sulky", "img2img_sulky", source)
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    helped = run_cli("--help", env=env)
+    assert helped.returncode == 0 and "translate" in helped.stdout  # the command line keeps working
+    listed = run_cli("plugins", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    sulky = next(p for p in json.loads(listed.stdout) if p["name"] == "img2img_sulky")
+    assert "register_commands raised RuntimeError: no commands today" in sulky["error"]

@@ -22,7 +22,7 @@ from img2img.cli import health, docs  # noqa: E402, F401, I001  isort:skip
 
 __all__ = ["app", "console", "err_console", "main", "print_message", "report_user_errors"]
 
-_added: set[tuple[int, str]] = set()  # (manager, plugin) whose register_commands has run
+_added: set[tuple[str, object]] = set()  # (plugin, hook function) whose register_commands has run
 
 
 def _add_plugin_commands(hook: str | None = None) -> bool:
@@ -39,9 +39,10 @@ def _add_plugin_commands(hook: str | None = None) -> bool:
         raise SystemExit(1) from None
     added = False
     for impl in pm.hook.register_commands.get_hookimpls():
-        if (id(pm), impl.plugin_name) in _added:
+        key = (impl.plugin_name, getattr(impl.function, "__func__", impl.function))
+        if key in _added:  # once per process, whichever manager (listing or full) found it first
             continue
-        _added.add((id(pm), impl.plugin_name))
+        _added.add(key)
         try:
             impl.function(app=app)
             added = True
@@ -50,7 +51,7 @@ def _add_plugin_commands(hook: str | None = None) -> bool:
                 raise
             info = plugin_mod.info_for(impl.plugin_name)
             if info is not None:
-                info.errors.append(f"register: register_commands raised {type(exc).__name__}: {exc}")
+                info.errors.append(f"commands: register_commands raised {type(exc).__name__}: {exc}")
     return added
 
 

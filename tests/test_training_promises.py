@@ -269,7 +269,7 @@ def test_val_pairs_take_no_a_or_b(tiny_pix2pix, tmp_path):
 def test_validation_settings_without_data_val_are_reported(tiny_cyclegan, key):
     name = key.partition("=")[0]
     user_error(invoke("validate", tiny_cyclegan, "--set", f"train.{key}"),
-               f"train.{name}: set, but there is no data.val to validate on", f"or remove train.{name}")
+               f"train.{name} (--set): set, but there is no data.val to validate on", f"or remove train.{name}")
 
 
 def test_data_synthesize_is_checked_by_validate(tiny_cyclegan, tiny_pix2pix, tmp_path):

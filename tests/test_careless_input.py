@@ -202,7 +202,7 @@ def test_a_demo_pipeline_given_one_own_folder_names_the_other_and_the_way_out(tm
     write_images(tmp_path / "pics", 4, 40)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["validate", "demo-pix2pix", "--set", f"data.a={tmp_path / 'pics'}"])
-    user_error(result, f"data.b: {tmp_path / 'data' / 'demo-outlines' / 'trainB'} is the demo's folder (data.synthesize: outlines), while "
+    user_error(result, f"data.b (line 9): {tmp_path / 'data' / 'demo-outlines' / 'trainB'} is the demo's folder (data.synthesize: outlines), while "
                        f"data.a is your own {tmp_path / 'pics'}", "--set data.synthesize=null")
 
 

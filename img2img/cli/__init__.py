@@ -5,7 +5,6 @@ Each command module registers its commands on the one typer `app`; plugins add t
 """
 from __future__ import annotations
 
-from difflib import get_close_matches
 from typing import Any
 
 import typer
@@ -13,7 +12,7 @@ import typer.main
 from typer.core import TyperGroup
 
 from img2img.cli.base import app, console, err_console, print_message, report_user_errors
-from img2img.errors import Img2ImgError
+from img2img.errors import Img2ImgError, closest
 
 # Each module adds its commands; `img2img --help` lists them in this order.
 from img2img.cli import training, inference, serve, plugins, datasets, evaluation, weights  # noqa: E402, F401, I001  isort:skip
@@ -80,7 +79,7 @@ class _Commands(TyperGroup):
         except Exception as exc:  # click's NoSuchOption: suggest only options whose names are alike
             name, possible = getattr(exc, "option_name", None), getattr(exc, "possibilities", None)
             if name and possible:  # `--bogus` is not like `--out`: compare without the dashes
-                exc.possibilities = [p for p in possible if get_close_matches(name.lstrip("-"), [p.lstrip("-")])]
+                exc.possibilities = [p for p in possible if closest(name.lstrip("-"), [p.lstrip("-")]) is not None]
             raise
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:

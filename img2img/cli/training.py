@@ -83,7 +83,7 @@ def validate(
     import yaml
 
     from img2img.config import dump_pipeline, load_pipeline
-    from img2img.datasets.synth import use_given_data
+    from img2img.datasets.given_data import use_given_data
     from img2img.engine.validation import check_ready, data_notes, describe
 
     p = load_pipeline(pipeline, set_ or [])
@@ -97,6 +97,8 @@ def validate(
             from img2img.tasks.validation import effective_metric
 
             p.train.val_metric = effective_metric(get_registry().get("task", p.task).factory, p)
+        if p.data.val is not None and p.train.val_every is None and "val_every" not in p.train.model_fields_set:
+            p.train.val_every = p.train.checkpoint_every  # as training records it (null given: off)
         sys.stdout.write(yaml.safe_dump(dump_pipeline(p), sort_keys=False, width=float("inf")))
         sys.stdout.flush()
     model = getattr(p, "model", None)

@@ -37,7 +37,7 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
           resume: Path | None = None, overwrite: bool = False, console: Console | None = None) -> Path:
     """Train from a pipeline file, or continue a run; returns the path of `last.pt`."""
     from img2img.config import load_pipeline
-    from img2img.datasets.synth import use_given_data
+    from img2img.datasets.given_data import use_given_data
 
     console = console or Console()
     overrides = list(overrides or [])

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -37,9 +36,9 @@ import torch
 from torch import nn
 
 from img2img.config import GeneratorSpec, PipelineBase
-from img2img.errors import Img2ImgError
 from img2img.precision import Precision
 from img2img.tasks import validation as val
+from img2img.tasks.engine_state import EngineState, check_engine_names
 
 
 class ImagePool:
@@ -128,42 +127,6 @@ class Nets(nn.ModuleDict):
         super().__setitem__(key, self._task.setup(module))
 
 
-@dataclass
-class _EngineState:
-    """What the engine keeps in a task, in one attribute that no subclass can meet by accident
-    (``self.__engine``, stored as ``_Task__engine``): a task's own ``_plain`` or ``_agree`` stays its own."""
-
-    setup: Callable[[nn.Module], nn.Module] | None
-    agree: Callable[[bool], bool]
-    set_up: weakref.WeakSet = field(default_factory=weakref.WeakSet)
-    plain: int = 0  # depth of `plain_nets()` blocks
-
-
-ENGINE_ATTRIBUTES = {
-    "pipeline": "the validated pipeline", "device": "the training device", "amp": "the precision",
-    "registry": "the component registry", "nets": "the task's networks", "optimizers": "the optimisers",
-    "schedulers": "the learning-rate schedulers", "skip_nonfinite": "train.on_nan: skip",
-    "skipped_updates": "the count of skipped updates", "_Task__engine": "the engine's own state",
-}
-"""Instance attributes `Task.__init__` sets; a subclass that defines one of these names would lose it."""
-
-
-def _check_engine_names(cls: type) -> None:
-    """A task class whose members (methods, properties, class attributes) hide an attribute the engine
-    sets is refused, naming both: otherwise one silently replaces the other."""
-    for klass in cls.__mro__:
-        if klass is Task:
-            break
-        clashes = sorted(set(vars(klass)) & set(ENGINE_ATTRIBUTES))
-        if clashes:
-            name = clashes[0]
-            kind = "method" if callable(vars(klass)[name]) else "attribute"
-            raise Img2ImgError(
-                f"task class {klass.__module__}.{klass.__qualname__} defines the {kind} '{name}', which is also "
-                f"Task.{name} ({ENGINE_ATTRIBUTES[name]}), set by the engine for every task; rename "
-                f"{klass.__qualname__}.{name}" + (f" (and {', '.join(clashes[1:])})" if clashes[1:] else ""))
-
-
 class Task:
     """Base class of training recipes; see the module docstring for the contract."""
 
@@ -188,12 +151,12 @@ class Task:
                  agree: Callable[[bool], bool] | None = None, build: bool = True) -> None:
         from img2img.registry import get_registry
 
-        _check_engine_names(type(self))
+        check_engine_names(type(self), Task)
         self.pipeline = pipeline
         self.device = torch.device(device)
         self.amp = precision or Precision("fp32", self.device)
         self.registry = registry or get_registry()
-        self.__engine = _EngineState(setup=setup, agree=agree or (lambda flag: flag))
+        self.__engine = EngineState(setup=setup, agree=agree or (lambda flag: flag))
         self.nets = Nets(self)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}

@@ -15,7 +15,6 @@ from img2img import _moved  # noqa: E402
 from img2img._version import __version__  # noqa: E402
 from img2img.errors import Img2ImgError, PipelineError  # noqa: E402
 from img2img.hookspecs import hookimpl  # noqa: E402
-from img2img.losses import AdversarialLoss  # noqa: E402
 
 _moved.install()
 
@@ -23,6 +22,10 @@ __all__ = ["hookimpl", "AdversarialLoss", "Img2ImgError", "PipelineError", "Tran
 
 
 def __getattr__(name: str):
+    if name == "AdversarialLoss":  # imported lazily: it needs torch, which `img2img --help` does not
+        from img2img.losses import AdversarialLoss
+
+        return AdversarialLoss
     if name == "Translator":  # imported lazily: it pulls in the data and onnx stack
         from img2img.inference.translator import Translator
 

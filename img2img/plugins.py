@@ -9,9 +9,11 @@ components: `img2img.registry` asks the plugins it loads for them.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import importlib.metadata as md
 import os
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import pluggy
@@ -120,7 +122,48 @@ def _register(pm: pluggy.PluginManager, plugin: object, info: PluginInfo) -> boo
     return True
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
+def _module_sources(module: str) -> list[Path] | None:
+    """The source files of `module` (every ``.py`` of a package), found without importing anything;
+    None when they cannot be found (an extension module, a zip import)."""
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: finding it runs no code
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations is None:
+        return [Path(spec.origin)] if not rest and spec.origin and spec.origin.endswith(".py") else None
+    folders = [Path(p) for p in spec.submodule_search_locations]
+    for part in rest:
+        folders = [f / part for f in folders]
+        files = [f.with_suffix(".py") for f in folders if f.with_suffix(".py").is_file()]
+        if files:
+            return files if part == rest[-1] else None
+        folders = [f for f in folders if f.is_dir()]
+    files = [f for folder in folders for f in sorted(folder.rglob("*.py"))]
+    return files or None
+
+
+def may_implement(ep_module: str, hook: str) -> bool:
+    """Whether the plugin module `ep_module` (its package, for a package) may implement `hook`: its
+    source names the hook, or its source cannot be read. Lets `img2img --help` and `img2img pipelines`
+    skip importing plugins (and torch) that cannot add commands or pipelines."""
+    files = _module_sources(ep_module)
+    if files is None:
+        return True
+    for file in files:
+        try:
+            if hook in file.read_text(encoding="utf-8", errors="replace"):
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def _load_entry_points(pm: pluggy.PluginManager, hook: str | None = None, state: _State | None = None) -> None:
+    """Load the entry points (only those that may implement `hook`, when given) into `state`."""
+    _state = state if state is not None else globals()["_state"]
     allowed = allowed_names()
     matched: set[str] = set()
     seen: dict[str, PluginInfo] = {}
@@ -133,6 +176,8 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                 _state.skipped[ep.name] = dist or ep.name
                 continue
             matched |= names & allowed
+        if hook is not None and not may_implement(ep.module, hook):
+            continue
         info = PluginInfo(name=ep.name, module=ep.value, distribution=dist, version=version)
         if ep.name in _state.infos and _state.infos[ep.name].builtin:
             info.errors.append(f"load: the name '{ep.name}' belongs to a built-in plugin; rename the entry point")
@@ -162,24 +207,68 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         raise PluginError(f"{LOAD_ENV} names no installed plugin: {', '.join(_state.unknown_names)}")
 
 
+def _load(state: _State, hook: str | None = None) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("img2img")
+    pm.add_hookspecs(hookspecs)
+    state.infos.clear()
+    state.skipped.clear()
+    for module_name in DEFAULT_PLUGINS:
+        if hook is not None and not may_implement(module_name, hook):
+            continue
+        module = importlib.import_module(module_name)
+        info = PluginInfo(name=module_name, module=module_name, builtin=True,
+                          distribution=OWN_DISTRIBUTION, version=__version__)
+        if not _register(pm, module, info):
+            raise PluginError(f"built-in plugin {module_name}: {'; '.join(info.errors)}")
+        state.infos[module_name] = info
+    state.pm = pm
+    _load_entry_points(pm, hook, state)
+    return pm
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, loaded on first use."""
     if _state.pm is None:
-        pm = pluggy.PluginManager("img2img")
-        pm.add_hookspecs(hookspecs)
-        _state.infos.clear()
-        _state.skipped.clear()
-        for module_name in DEFAULT_PLUGINS:
-            module = importlib.import_module(module_name)
-            info = PluginInfo(name=module_name, module=module_name, builtin=True,
-                              distribution=OWN_DISTRIBUTION, version=__version__)
-            if not _register(pm, module, info):
-                raise PluginError(f"built-in plugin {module_name}: {'; '.join(info.errors)}")
-            _state.infos[module_name] = info
-        _state.pm = pm
-        _load_entry_points(pm)
+        _load(_state)
         _state.generation += 1
+        if _on_load is not None:
+            warn_unknown_names_once(_on_load)
     return _state.pm
+
+
+_on_load = None
+
+
+def on_load(emit) -> None:
+    """Have `emit(line)` called with the warning about unknown IMG2IMG_LOAD_PLUGINS names (once) when
+    the plugins are loaded; the command line passes its warning printer."""
+    global _on_load
+    _on_load = emit
+
+
+def loaded() -> bool:
+    """Whether the plugin manager has been loaded in this process."""
+    return _state.pm is not None
+
+
+_partial: dict[str, _State] = {}
+
+
+def plugins_for(hook: str) -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
+    """A plugin manager for calling `hook` only, and the records of its plugins.
+
+    Once the full manager is loaded, that one. Before, a manager holding only the built-ins and entry
+    points whose source names the hook (see `may_implement`), so that listing pipelines or commands
+    does not import every network plugin (and torch)."""
+    if _state.pm is not None:
+        return _state.pm, _state.infos
+    key = f"{hook}|{os.environ.get(LOAD_ENV)}|{_state.generation}"
+    state = _partial.get(key)
+    if state is None:
+        _partial.clear()
+        state = _partial[key] = _State()
+        _load(state, hook)
+    return state.pm, state.infos
 
 
 def generation() -> int:
@@ -279,6 +368,7 @@ def reset() -> None:
     """Forget the plugin manager (tests, or after installing a plugin in-process); reloaded on next use."""
     global _warned
     _warned = False
+    _partial.clear()
     _state.pm = None
     _state.infos.clear()
     _state.skipped.clear()

@@ -130,3 +130,10 @@ def test_peak_benchmark_reports_rates():
     for key in ("matmul_fp32_gflops", "matmul_bf16_gflops", "conv3x3_fp32_gflops", "conv3x3_bf16_gflops"):
         assert result[key] > 0, key
     assert result["device"] in ("cpu", "cuda") and result["threads"] >= 1
+
+
+def test_cli_startup_benchmark_reports_time_and_memory_before_and_after():
+    found = run_script("cli_startup.py", "--rounds", "1", "--before", "HEAD")
+    for key in ("help", "version", "pipelines", "import_torch", "help_before"):
+        assert found[f"{key}_s"] > 0 and found[f"{key}_peak_rss_mib"] > 0 and f"{key}_cpu_s" in found
+    assert {"help_over_import_torch", "help_now_over_before", "help_rss_now_over_before"} <= set(found)

@@ -18,8 +18,10 @@ import yaml
 from PIL import Image
 from rich.console import Console
 from torch import nn
+from typer.testing import CliRunner
 
 import img2img
+from img2img.cli import app
 from img2img.config.health import HealthThresholds
 from img2img.engine.diagnosis import Diagnoser, Names, trend_and_swing
 from img2img.engine.health import mean_pairwise_distance, probe, separation
@@ -573,8 +575,12 @@ def test_health_of_a_run_without_signals_says_so(tiny_cyclegan, tmp_path):
     assert run_health(tmp_path / "off").status == "off"
     train(tiny_cyclegan, out=tmp_path / "on", overrides=["train.max_steps=2"])
     health = run_health(tmp_path / "on")
-    assert health.status == "healthy" and health.warnings == []
+    assert health.status == "not judged" and health.warnings == []  # 2 steps, all inside the 200-step warm-up
     assert not (tmp_path / "on" / "health.jsonl").exists()  # written when there is something to say
+    shown = " ".join(CliRunner().invoke(app, ["health", str(tmp_path / "on")]).output.split())
+    assert "not judged yet (warm-up until step 200)" in shown and "healthy" not in shown
+    health.thresholds.warmup = 1
+    assert health.status == "healthy"  # judged from step 2 on, and nothing found
 
 
 @pytest.mark.slow

@@ -269,7 +269,7 @@ def test_val_pairs_take_no_a_or_b(tiny_pix2pix, tmp_path):
 def test_validation_settings_without_data_val_are_reported(tiny_cyclegan, key):
     name = key.partition("=")[0]
     user_error(invoke("validate", tiny_cyclegan, "--set", f"train.{key}"),
-               f"train.{name}: set, but there is no data.val to validate on", f"or remove train.{name}")
+               f"train.{name} (--set): set, but there is no data.val to validate on", f"or remove train.{name}")
 
 
 def test_data_synthesize_is_checked_by_validate(tiny_cyclegan, tiny_pix2pix, tmp_path):
@@ -277,12 +277,17 @@ def test_data_synthesize_is_checked_by_validate(tiny_cyclegan, tiny_pix2pix, tmp
     good = ["--set", f"data.a={root / 'trainA'}", "--set", f"data.b={root / 'trainB'}"]
     assert invoke("validate", tiny_cyclegan, "--set", "data.synthesize=shapes", *good).exit_code == 0
     user_error(invoke("validate", tiny_cyclegan, "--set", "data.synthesize=shapez", *good),
-               "data.synthesize: unknown synthetic dataset 'shapez' (did you mean 'shapes'?); available: shapes "
+               "data.synthesize (--set): unknown synthetic dataset 'shapez' (did you mean 'shapes'?); available: shapes "
                "(unpaired), outlines (paired)")
     user_error(invoke("validate", tiny_pix2pix, "--set", "data.synthesize=shapes", *good),
-               "data.synthesize: 'shapes' is unpaired data, but the pix2pix task trains on paired data; use outlines")
-    user_error(invoke("validate", tiny_cyclegan, "--set", "data.synthesize=shapes"),
-               f"data.b: data.synthesize writes the 'shapes' dataset as {tmp_path}/trainA, trainB, testA and testB")
+               "data.synthesize (--set): 'shapes' is unpaired data, but the pix2pix task trains on paired data; use "
+               "outlines")
+    own = invoke("validate", tiny_cyclegan, "--set", "data.synthesize=shapes")  # the user's folders A and B win
+    assert own.exit_code == 0 and "data.synthesize: shapes is not used: data.a and data.b" in " ".join(own.output.split())
+    user_error(invoke("validate", tiny_cyclegan, "--set", "data.synthesize=shapes", "--set", f"data.a={root / 'trainA'}",
+                      "--set", f"data.b={tmp_path / 'other' / 'trainB'}"),
+               f"data.b (--set): data.synthesize writes the 'shapes' dataset as {root}/trainA, trainB, testA and testB",
+               "or --set data.synthesize=null")
     run = tmp_path / "run"
     user_error(invoke("train", tiny_pix2pix, "--out", run, "--set", "data.synthesize=shapes", *good),
                "'shapes' is unpaired data")

@@ -395,8 +395,8 @@ def test_pipeline_problems_of_validation_settings(data, plugins_installed):
 def test_validation_settings_without_data_val_are_reported(tiny_cyclegan):
     result = run_cli("validate", str(tiny_cyclegan), "--set", "train.val_metric=kid", "--set", "train.val_protocol=clean")
     assert result.returncode == 1
-    assert "train.val_metric: set, but there is no data.val to validate on" in " ".join(result.stderr.split())
-    assert "train.val_protocol: set, but there is no data.val to validate on" in " ".join(result.stderr.split())
+    assert "train.val_metric (--set): set, but there is no data.val to validate on" in " ".join(result.stderr.split())
+    assert "train.val_protocol (--set): set, but there is no data.val to validate on" in " ".join(result.stderr.split())
 
 
 def test_a_checkpoint_opens_without_the_validation_extractor(data, plugins_installed):

@@ -102,6 +102,16 @@ def test_the_installed_wheel_is_what_runs(venv):
     assert not any(str(ROOT) in f for f in files)
 
 
+def test_the_wheel_ships_the_documentation(venv, tmp_path):
+    """Messages and help say `img2img docs NAME`; a wheel user has no checkout, so the wheel carries them."""
+    bin_dir, _ = venv
+    listed = _run([str(bin_dir / "img2img"), "docs"], cwd=tmp_path)
+    assert "troubleshooting When things go wrong" in listed and "import Importing pretrained generators" in listed
+    text = _run([str(bin_dir / "img2img"), "docs", "troubleshooting"], cwd=tmp_path)
+    assert text.startswith("# When things go wrong") and str(ROOT) not in _run(
+        [str(bin_dir / "python"), "-c", "from img2img.docs import docs_folder; print(docs_folder())"], cwd=tmp_path)
+
+
 def test_demo_from_an_empty_folder(venv, tmp_path):
     bin_dir, _ = venv
     img2img = str(bin_dir / "img2img")

@@ -11,14 +11,37 @@ import os
 from typing import Any, Callable
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.text import Text
 
 from img2img._version import __version__
 from img2img.errors import Img2ImgError, PeerFailed
 
-console = Console()
-err_console = Console(stderr=True)
+UNWRAPPED_WIDTH = 10_000
+"""The width output that is not a terminal gets: in effect, no wrapping."""
+
+
+class _Console(Console):
+    """The command line's console. Where its stream is not a terminal (a file, a pipe, a log collector)
+    nothing is wrapped: a log record or a message stays one line however long it is, and a table is as
+    wide as its content. ``COLUMNS`` still sets a width where one is wanted."""
+
+    def _get_size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        if self._width is None and not self.is_terminal and not self._environ.get("COLUMNS", "").isdigit():
+            return ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+        return size
+
+    size = property(_get_size, Console.size.fset)
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:
+        if soft_wrap is None and not self.is_terminal and all(isinstance(o, (str, Text)) for o in objects):
+            soft_wrap = True
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 app = typer.Typer(
     name="img2img",
@@ -38,7 +61,7 @@ def report_user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from img2img.engine.train import TrainingStopped
+        from img2img.engine.signals import TrainingStopped
 
         try:
             return fn(*args, **kwargs)

@@ -12,6 +12,7 @@ from rich.table import Table
 from img2img.cli.base import app, console, report_user_errors
 
 STATUS = {
+    "not judged": "[yellow]not judged yet[/] (warm-up until step {warmup}): nothing is judged before",
     "healthy": "[green]healthy[/]: no warning",
     "recovered": "[yellow]recovered[/]: every warning has cleared",
     "unhealthy": "[red]unhealthy[/]: a warning is still active",
@@ -27,7 +28,7 @@ def health(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, signals, warnings."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the signals' curves to this PNG/SVG/PDF."),
 ) -> None:
-    """Diagnose a run: mode collapse, a discriminator that wins, unstable convergence (see docs/health.md)."""
+    """Diagnose a run: mode collapse, a discriminator that wins, unstable convergence (see `img2img docs health`)."""
     from img2img.evaluation.health import plot as draw
     from img2img.evaluation.health import run_health
 
@@ -38,7 +39,7 @@ def health(
         print(json.dumps(result.to_dict(), indent=2))
         return
     console.print(f"[bold]{escape(str(result.run))}[/]: step {result.last_step}, "
-                  f"train.health {escape(str(result.mode or 'unset'))} - {STATUS[result.status]}", highlight=False)
+                  f"train.health {escape(str(result.mode or 'unset'))} - {STATUS[result.status].format(warmup=result.thresholds.warmup)}", highlight=False)
     if result.signals:
         table = Table(title="signals (metrics.jsonl)", title_justify="left")
         for col in ("signal", "last", "at step", "min", "max", "meaning"):

@@ -25,7 +25,7 @@ class NormStats(str, Enum):
     batch = "batch"
 
 NORM_STATS_HELP = ("Batch-norm statistics: running (eval mode, the default) or batch (each image's own, as the "
-                   "reference's test.py without --eval; dropout stays off). See docs/import.md.")
+                   "reference's test.py without --eval; dropout stays off). See `img2img docs import`.")
 
 class ImageFormat(str, Enum):
     png = "png"

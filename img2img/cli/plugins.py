@@ -24,7 +24,10 @@ def plugins(
     from img2img.config.builtin import catalogue
     from img2img.registry import plugin_listing
 
+    from img2img.cli import _add_plugin_commands
+
     plugin_mod.warn_unknown_names_once(lambda line: print_message(line, prefix="warning:", style="yellow"))
+    _add_plugin_commands()  # records a register_commands that raises on its plugin's entry
     catalogue()  # records problems with the plugins' built-in pipelines on their entries
     infos = [i for i in plugin_listing() if all_ or not i.builtin]
     if as_json:

@@ -46,9 +46,13 @@ def validate(
     import yaml
 
     from img2img.config import dump_pipeline, load_pipeline
+    from img2img.datasets.given_data import use_given_data
     from img2img.engine.validation import check_ready, data_notes, describe
 
     p = load_pipeline(pipeline, set_ or [])
+    given_data_note = use_given_data(p.data)  # a demo pipeline on the user's own folders, as train takes it
+    if given_data_note:
+        print_message(given_data_note, prefix="note:")
     check_ready(p, str(pipeline))  # the validation extractor and its weights, before any training
     if show:  # stdout is the YAML alone (`--show > resolved.yaml`); the summary goes to stderr
         if p.data.val is not None and p.train.val_metric is None:  # as training records it in pipeline.yaml
@@ -56,6 +60,8 @@ def validate(
             from img2img.tasks.validation import effective_metric
 
             p.train.val_metric = effective_metric(get_registry().get("task", p.task).factory, p)
+        if p.data.val is not None and p.train.val_every is None and "val_every" not in p.train.model_fields_set:
+            p.train.val_every = p.train.checkpoint_every  # as training records it (null given: off)
         sys.stdout.write(yaml.safe_dump(dump_pipeline(p), sort_keys=False, width=float("inf")))
         sys.stdout.flush()
     model = getattr(p, "model", None)

@@ -76,22 +76,24 @@ def catalogue() -> Catalogue:
     """The built-in pipelines of the plugins registered now (rebuilt when the plugin set or manager changes)."""
     from img2img import plugins
 
-    pm = plugins.get_plugin_manager()
+    pm, infos = plugins.plugins_for("register_pipelines")  # no network plugin is imported to list pipelines
     key = (id(pm), plugins.generation(), *((name, id(p)) for name, p in pm.list_name_plugin()))
     if key not in _cache:
         _cache.clear()
-        _cache[key] = (pm, _collect(pm))  # the manager is kept so that its id is not reused while cached
+        _cache[key] = (pm, _collect(pm, infos))  # the manager is kept so that its id is not reused while cached
     return _cache[key][1]
 
 
-def _collect(pm) -> Catalogue:
+def _collect(pm, infos: dict) -> Catalogue:
     from img2img import plugins
 
     found = Catalogue()
-    for info in plugins.plugin_infos():
+    if plugins.loaded():
+        plugins.plugin_infos()  # records plugins registered directly
+    for info in infos.values():
         info.errors[:] = [e for e in info.errors if not e.startswith(PROBLEM)]
     for impl in pm.hook.register_pipelines.get_hookimpls():  # registration order: built-ins first
-        info = plugins.info_for(impl.plugin_name, impl.plugin)
+        info = infos.get(impl.plugin_name) or plugins.info_for(impl.plugin_name, impl.plugin)
         builtin = info.builtin
         dist, version = info.distribution, info.version
 

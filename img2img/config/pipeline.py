@@ -26,6 +26,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     """
     from img2img.config.builtin import resolve_pipeline
 
+    from img2img.config.builtin import builtin_for_path
+
     path, base_dir = resolve_pipeline(path)
     raw, text = read_yaml(path)
     if raw is None:
@@ -33,7 +35,28 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     overridden: set[str] = set()
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides, overridden)
-    return validate_pipeline(raw, source=str(path), base_dir=base_dir, text=text, overridden=overridden)
+    builtin = builtin_for_path(path)  # named as the user named it, not by its place inside the package
+    source = f"the built-in pipeline '{builtin.name}'" if builtin is not None else str(path)
+    return validate_pipeline(raw, source=source, base_dir=base_dir, text=text, overridden=overridden)
+
+
+def pipeline_error(pipeline: PipelineBase, problems: list[tuple[str, str]],
+                   source: str | None = None) -> PipelineError:
+    """A `PipelineError` for problems found after validation (a training's checks), headed and marked
+    (lines, ``(--set)``) like the problems found while loading; `source` where the pipeline has no origin."""
+    origin = getattr(pipeline, "_origin", None)
+    if origin is None:
+        return PipelineError(problems, source)
+    origin_source, lines, overridden = origin
+    located = {p: _where(p, lines, overridden) for p, _ in problems}
+    return PipelineError(problems, origin_source, {p: n for p, n in located.items() if n})
+
+
+def _where(path: str, lines: dict, overridden: set[str] | frozenset[str]) -> int | str | None:
+    """The line of the file that holds `path`, or ``"--set"`` for a value given on the command line."""
+    if any(path == o or path.startswith(o + ".") for o in overridden):
+        return "--set"
+    return _nearest_line(lines, path)
 
 
 def validate_pipeline(raw: Any, *, source: str | None = None, base_dir: Path | None = None,
@@ -49,9 +72,7 @@ def validate_pipeline(raw: Any, *, source: str | None = None, base_dir: Path | N
     overridden = set(overridden or ())
 
     def where(path: str) -> int | str | None:
-        if any(path == o or path.startswith(o + ".") for o in overridden):
-            return "--set"
-        return _nearest_line(lines, path)
+        return _where(path, lines, overridden)
 
     def fail(problems: list[tuple[str, str]]) -> PipelineError:
         located = {p: where(p) for p, _ in problems}
@@ -92,6 +113,7 @@ def validate_pipeline(raw: Any, *, source: str | None = None, base_dir: Path | N
     problems = list(task_cls.validate(pipeline)) if hasattr(task_cls, "validate") else []
     if problems:
         raise fail(problems)
+    pipeline._origin = (source, lines, frozenset(overridden))  # plain values: the pipeline stays picklable
     return pipeline
 
 

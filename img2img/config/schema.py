@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from img2img.config.health import HealthMode, HealthThresholds
 
@@ -176,6 +176,9 @@ class PipelineBase(StrictModel):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    _origin: Any = PrivateAttr(default=None)
+    """Where the pipeline came from (set by `validate_pipeline`), so that problems found later are
+    reported under the same header, with the same lines and ``(--set)`` marks."""
 
 
 PATH_FIELDS = ("a", "b", "pairs", "test_a", "test_b")

@@ -1,6 +1,7 @@
 """The training data of a pipeline: files, checks before the first step, and the loader."""
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +109,9 @@ class TrainData:
         )
         self._sampler = _EpochSampler(self._samples.num_items, self.seed, rank, world_size, self.batch_size)
         self._loader: DataLoader | None = None
-        self._check_batch_size()
+        self._skipped = 0  # unreadable files left out (data.skip_unreadable)
+        if self._sampler.per_rank() < self.batch_size:
+            self.check()  # too few samples: said with the unreadable files listed and left out of the count
 
     # -- sizes -------------------------------------------------------------------------------
 
@@ -132,14 +135,18 @@ class TrainData:
         s = self._samples
         return list(s.files_b) if s.kind == "unpaired" else [p[1] for p in s.pairs] or list(s.ab_files)
 
+    def _batch_size_problem(self, per_rank: int, unreadable: int = 0) -> str | None:
+        if per_rank >= self.batch_size:
+            return None
+        ranks = f" per process ({self.world_size} processes)" if self.world_size > 1 else ""
+        readable = f" readable (leaving out {unreadable} unreadable file(s))" if unreadable else ""
+        return (f"{self.yaml_paths['batch_size']} is {self.batch_size} but there are only {per_rank}{readable} "
+                f"training sample(s){ranks}; lower the batch size or add images")
+
     def _check_batch_size(self) -> None:
-        per_rank = self._sampler.per_rank()
-        if per_rank < self.batch_size:
-            ranks = f" per process ({self.world_size} processes)" if self.world_size > 1 else ""
-            raise Img2ImgError(
-                f"{self.yaml_paths['batch_size']} is {self.batch_size} but there are only {per_rank} "
-                f"training sample(s){ranks}; lower the batch size or add images"
-            )
+        problem = self._batch_size_problem(self._sampler.per_rank(), self._skipped)
+        if problem:
+            raise Img2ImgError(problem)
 
     # -- checking ----------------------------------------------------------------------------
 
@@ -184,18 +191,30 @@ class TrainData:
                 lines.append(
                     f"Fix or remove these files, or set {self.yaml_paths['skip_unreadable']}: true to train without them."
                 )
+                left = self._without({p for p, _ in bad}).num_items
+                problem = self._batch_size_problem(-(-left // self.world_size), len(bad))
+                if problem:  # said now, not after the files are fixed or skipped
+                    lines.append(f"Also: {problem}.")
                 raise Img2ImgError("\n".join(lines))
             skipped = bad
+            self._skipped = len(bad)
             self._drop({p for p, _ in bad})
+        else:
+            self._check_batch_size()
         self._check_sizes(sizes)
         return skipped
 
-    def _drop(self, bad: set[Path]) -> None:
-        s = self._samples
+    def _without(self, bad: set[Path]) -> _Samples:
+        """The samples without the files in `bad` (a copy; the lists are new)."""
+        s = copy.copy(self._samples)
         s.files_a = [f for f in s.files_a if f not in bad]
         s.files_b = [f for f in s.files_b if f not in bad]
         s.pairs = [p for p in s.pairs if p[0] not in bad and p[1] not in bad]
         s.ab_files = [f for f in s.ab_files if f not in bad]
+        return s
+
+    def _drop(self, bad: set[Path]) -> None:
+        s = self._samples = self._without(bad)
         if s.kind == "unpaired":
             for label, files in (("a", s.files_a), ("b", s.files_b)):
                 if not files:

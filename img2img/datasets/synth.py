@@ -187,12 +187,26 @@ def synthesize_problems(data, data_kind: str, task: str) -> list[tuple[str, str]
         return [("data.synthesize", f"'{name}' is written as trainA/trainB folders, not side-by-side pairs; "
                                     "use data.a and data.b instead of data.pairs")]
     if data.a is None:
-        return [("data.a", f"required with data.synthesize: the folder trainA of the '{name}' dataset")]
+        return [("data.a", f"required with data.synthesize: the folder trainA of the '{name}' dataset, or "
+                           "--set data.synthesize=null to train on folders you give")]
+    own = [key for key, want in DEMO_FOLDERS.items() if getattr(data, key) is not None
+           and Path(getattr(data, key)).name != want]
+    if own:  # one folder of the user's, one of the demo's (`use_given_data` took the case of both)
+        key = next(k for k in DEMO_FOLDERS if k not in own)
+        return [(f"data.{key}", f"{getattr(data, key)} is the demo's folder (data.synthesize: {name}), while "
+                                f"data.{own[0]} is your own {getattr(data, own[0])}; give data.{key} too "
+                                f"(--set data.{key}=DIR), or --set data.synthesize=null to train on the folders "
+                                "you give")]
     root = Path(data.a).parent
-    wrong = [(key, want) for key, want in (("a", "trainA"), ("b", "trainB"))
+    wrong = [(key, want) for key, want in DEMO_FOLDERS.items()
              if getattr(data, key) is not None and Path(getattr(data, key)) != root / want]
     return [(f"data.{key}", f"data.synthesize writes the '{name}' dataset as {root}/trainA, trainB, testA and "
-                            f"testB; point data.{key} at {root / want}") for key, want in wrong]
+                            f"testB; point data.{key} at {root / want}, or --set data.synthesize=null to train "
+                            "on the folders you give") for key, want in wrong]
+
+
+DEMO_FOLDERS = {"a": "trainA", "b": "trainB"}
+"""The folders `data.synthesize` writes, by data key."""
 
 
 def ensure_synth(name: str, out: Path, seed: int = 0) -> bool:

@@ -163,7 +163,7 @@ def _not_ours(path: Path, ckpt: Any) -> Img2ImgError:
     hint = ""
     if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         hint = (". It looks like a state dict: generator weights of the reference CycleGAN/pix2pix repository or "
-                "of CUT become a run with `img2img import reference|cut FILE --out RUN` (see docs/import.md)")
+                "of CUT become a run with `img2img import reference|cut FILE --out RUN` (see `img2img docs import`)")
     return Img2ImgError(f"{path} is not an img2img checkpoint (a PyTorch file with no pipeline/nets inside; {holds})"
                         f"{hint}")
 

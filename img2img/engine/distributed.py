@@ -73,9 +73,18 @@ def setup_distributed(device_name: str, timeout_s: float) -> tuple[Dist, torch.d
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device), device
 
 
-def setup_function(device: torch.device, dist: Dist, *, channels_last: bool,
-                   compile: bool) -> Callable[[nn.Module], nn.Module]:
-    """The wrapper a task applies to each network it builds (see `img2img.tasks.Task.setup`)."""
+LOCAL_BATCH_NORM_NOTE = ("batch norm on {device}: each process normalises with its own batch's statistics "
+                         "(SyncBatchNorm, which shares them across processes, runs on CUDA only); the weights and "
+                         "running statistics stay those of process 0's replica, gradients are averaged as usual")
+
+
+def setup_function(device: torch.device, dist: Dist, *, channels_last: bool, compile: bool,
+                   note: Callable[[str], None] | None = None) -> Callable[[nn.Module], nn.Module]:
+    """The wrapper a task applies to each network it builds (see `img2img.tasks.Task.setup`).
+
+    Under torchrun, batch norm is synchronised across processes on CUDA (NCCL); on CPUs (gloo), where
+    SyncBatchNorm does not run, each process keeps its own batch statistics, and `note` says so once."""
+    noted = []
 
     def setup(module: nn.Module) -> nn.Module:
         module = module.to(device)
@@ -85,7 +94,12 @@ def setup_function(device: torch.device, dist: Dist, *, channels_last: bool,
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
-                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+                if device.type == "cuda":
+                    module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+                elif not noted:
+                    noted.append(True)
+                    if note is not None:
+                        note(LOCAL_BATCH_NORM_NOTE.format(device=device.type))
             if any(p.requires_grad for p in module.parameters()):
                 module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
         if compile:

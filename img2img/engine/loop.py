@@ -69,7 +69,7 @@ class Trainer(TrainingState):
         task_cls = registry.get("task", self.pipeline.task).factory
         torch.manual_seed(self.pipeline.seed)  # identical initial weights on every rank
         setup = setup_function(self.device, self.dist, channels_last=self.train.channels_last,
-                               compile=self.train.compile)
+                               compile=self.train.compile, note=self._note_once_on_rank_0)
         self.task: Task = task_cls(self.pipeline, device=self.device, precision=amp, registry=registry,
                                    setup=setup, agree=self.dist.agree)
         self._check_contract()
@@ -97,6 +97,10 @@ class Trainer(TrainingState):
             self.restore(self.resume_from)
 
     # -- set-up -------------------------------------------------------------------------------
+    def _note_once_on_rank_0(self, text: str) -> None:
+        if self.dist.main:
+            self.console.print(f"note: {text}", highlight=False, markup=False)
+
     def _check_contract(self) -> None:
         task = self.task
         if not task.optimizers:

@@ -37,10 +37,12 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
           resume: Path | None = None, overwrite: bool = False, console: Console | None = None) -> Path:
     """Train from a pipeline file, or continue a run; returns the path of `last.pt`."""
     from img2img.config import load_pipeline
+    from img2img.datasets.given_data import use_given_data
 
     console = console or Console()
     overrides = list(overrides or [])
     resume_state = None
+    given_data_note = None
     if resume is not None:
         resume_state = ckpt_io.load_checkpoint(resume)
         ckpt_path = Path(resume_state["path"])
@@ -62,6 +64,7 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
         if pipeline_path is None:
             raise Img2ImgError("give a pipeline file, or --resume RUN_DIR")
         pipeline = load_pipeline(pipeline_path, overrides)
+        given_data_note = use_given_data(pipeline.data)  # a demo pipeline on the user's own folders
         run = RunFolder(Path(out) if out else Path("runs") / pipeline.name)
         refuse_run_in_data(pipeline, run.root)
     timeout = float(os.environ.get("IMG2IMG_DIST_TIMEOUT", "300"))
@@ -70,6 +73,8 @@ def train(pipeline_path: Path | None, *, overrides: list[str] | None = None, out
     try:
         failure = None
         if dist.main and resume_state is None:  # only rank 0 touches the run folder and the demo data
+            if given_data_note:
+                console.print(f"note: {given_data_note}", highlight=False, markup=False)
             try:
                 _ensure_synth(pipeline, console)
                 run = prepare_run_folder(run.root, resume=False, overwrite=overwrite)
@@ -127,13 +132,14 @@ def _ensure_synth(pipeline: PipelineBase, console: Console) -> None:
     if not name:
         return
     from img2img.datasets.synth import ensure_synth, synthesize_problems
-    from img2img.errors import PipelineError
     from img2img.registry import get_registry
 
     data_kind = get_registry().get("task", pipeline.task).factory.data_kind
     problems = synthesize_problems(pipeline.data, data_kind, pipeline.task)
     if problems:
-        raise PipelineError(problems, "the pipeline")
+        from img2img.config.pipeline import pipeline_error
+
+        raise pipeline_error(pipeline, problems, "the pipeline")
     target = pipeline.data.a or pipeline.data.pairs
     if target is None:
         return

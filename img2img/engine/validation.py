@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from img2img.engine import checkpoint as ckpt_io
-from img2img.errors import Img2ImgError, PipelineError
+from img2img.errors import Img2ImgError
 from img2img.inference.tiling import SizeAdapter
 from img2img.tasks.validation import DISTRIBUTION_METRICS, ValImages, effective_metric, extractor_ref
 
@@ -44,7 +44,9 @@ def check_ready(pipeline, source: str | None = None) -> None:
     problems = synthesize_problems(pipeline.data, task_cls.data_kind, pipeline.task)
     problems += list(task_cls.validate_setup(pipeline)) if hasattr(task_cls, "validate_setup") else []
     if problems:
-        raise PipelineError(problems, source)
+        from img2img.config.pipeline import pipeline_error
+
+        raise pipeline_error(pipeline, problems, source)
 
 
 def data_notes(pipeline) -> list[str]:
@@ -104,10 +106,17 @@ class Validator:
         check_ready(p, "the pipeline (train.* / data.val)")
         if p.data.val is None:
             return None
+        if p.train.val_every is None:
+            if "val_every" in p.train.model_fields_set:  # `val_every: null` given: off, not the default
+                trainer.console.print("validation: off (train.val_every is null; give a number of steps, e.g. "
+                                      "--set train.val_every=1000, to validate on data.val)",
+                                      highlight=False, markup=False)
+                return None
+            p.train.val_every = p.train.checkpoint_every  # the resolved pipeline says how often
         metric = effective_metric(task_cls, p)
         if p.train.val_metric is None:
             p.train.val_metric = metric  # the resolved pipeline (pipeline.yaml, checkpoints) says which
-        v = cls(trainer=trainer, metric=metric, every=p.train.val_every or p.train.checkpoint_every,
+        v = cls(trainer=trainer, metric=metric, every=p.train.val_every,
                 images=load_val_images(p, task_cls.data_kind == "paired"),
                 higher=metric in task_cls.val_higher_is_better)
         if metric in DISTRIBUTION_METRICS:

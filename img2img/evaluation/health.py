@@ -65,18 +65,20 @@ class RunHealth:
 
     @property
     def status(self) -> str:
-        """``off``, ``no signals``, ``healthy``, ``recovered`` (every warning cleared) or ``unhealthy``."""
+        """``off``, ``no signals``, ``not judged`` (still in the warm-up, nothing is judged before its end),
+        ``healthy``, ``recovered`` (every warning cleared) or ``unhealthy``."""
         if self.mode == "off":
             return "off"
         if not self.signals:
             return "no signals"
         warnings = self.warnings
         if not warnings:
-            return "healthy"
+            return "not judged" if self.last_step <= self.thresholds.warmup else "healthy"
         return "recovered" if all(w["cleared_at"] is not None for w in warnings) else "unhealthy"
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": str(self.run), "health": self.mode, "status": self.status, "last_step": self.last_step,
+                "judged_from_step": self.thresholds.warmup + 1,
                 "thresholds": self.thresholds.model_dump(), "signals": [s.summary() for s in self.signals],
                 "warnings": self.warnings, "events": self.events}
 
@@ -179,7 +181,8 @@ def plot(health: RunHealth, out: Path | None = None, *, fmt: str | None = None) 
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax in axes[len(kinds):]:
             ax.set_visible(False)
-        status = {"healthy": "no warning", "recovered": "every warning cleared"}.get(health.status, "")
+        status = {"healthy": "no warning", "recovered": "every warning cleared",
+                  "not judged": f"not judged yet (warm-up until step {health.thresholds.warmup})"}.get(health.status, "")
         fired = ", ".join(f"{TITLES.get(w['finding'], w['finding'])} ({w['direction']}) at step {w['step']}"
                           for w in health.warnings)
         fig.suptitle(f"{health.run.name}: {fired or status or health.status}", fontsize=9, x=0.01, ha="left")
@@ -229,9 +232,10 @@ PANEL_TEMPLATE = """\
 {% elif h.status == "no signals" %}<p class="sub">No training-health signals logged (the run predates them, or has
 not logged a step yet).</p>
 {% else %}
-<p class="sub">{% if h.status == "healthy" %}No warning up to step {{ h.last_step }}.{% else %}
+<p class="sub">{% if h.status == "healthy" %}No warning up to step {{ h.last_step }}.{% elif h.status == "not judged" %}
+Not judged yet: nothing is judged during the warm-up, until step {{ h.thresholds.warmup }}.{% else %}
 {{ h.warnings|length }} warning(s){% if h.status == "recovered" %}, all cleared{% endif %}; red lines mark where each
-fired (shaded from the step its condition began), green where it cleared. See docs/health.md.{% endif %}</p>
+fired (shaded from the step its condition began), green where it cleared. See `img2img docs health`.{% endif %}</p>
 {% if h.warnings %}<table>
 <tr><th>step</th><th>since</th><th>finding</th><th>cleared</th><th>what was seen, what to try</th></tr>
 {% for w in h.warnings %}<tr><td>{{ w.step }}</td><td>{{ w.since }}</td>

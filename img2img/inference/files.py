@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,9 +108,9 @@ def plan_outputs(inputs: Sequence[Path], out: Path, fmt: str | None, overwrite: 
             if out_real == real.parent:
                 raise Img2ImgError(f"--out {out} is the folder holding the input {given}; img2img never writes "
                                    "into an input folder. Choose another output folder.")
-            if given.suffix.lower() not in IMAGE_EXTENSIONS:
-                failed.append((given, f"not an image file (images are {', '.join(IMAGE_EXTENSIONS)})"))
-                continue
+            if given.suffix.lower() not in IMAGE_EXTENSIONS:  # named explicitly: a mistake, not a stray file
+                raise Img2ImgError(f"{given} is not an image file (images are {', '.join(IMAGE_EXTENSIONS)}); "
+                                   "give image files or folders")
             sources.append((given, Path(given.name)))
         else:
             raise Img2ImgError(f"no such input file or folder: {given}")
@@ -161,6 +163,7 @@ def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_dep
     """
     pixel_limit()  # a bad IMG2IMG_MAX_IMAGE_PIXELS stops here, once, not once per file
     report = TranslateReport(skipped=list(plan.skipped), failed=list(plan.failed), ignored=list(plan.ignored))
+    stopped_by: BaseException | None = None
     for note in translator.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     jobs = plan.jobs
@@ -228,49 +231,91 @@ def run_plan(translator, plan: _Plan, out: Path, *, resize: int | None, keep_dep
                     return
                 reads.append((job, pool.submit(load_job, job, translator.in_channels, resize, keep_depth)))
 
-        refill()
-        pending = 0
-        while reads:
-            job, fut = reads.popleft()
+        try:
             refill()
-            try:
-                arr, depth = fut.result()
-            except ImageReadError as exc:
-                report.failed.append((job.src, exc.reason))
-                advance()
-                close_batch(job)
-                continue
-            except Img2ImgError as exc:
-                report.failed.append((job.src, str(exc)))
-                advance()
-                close_batch(job)
-                continue
-            h, w = arr.shape[:2]
-            if translator._tiling(h, w) is not None:
-                compute([(job, arr, depth)])
-                close_batch(job)
-                continue
-            if given is not None:
-                buckets.setdefault(given[id(job)], []).append((job, arr, depth))
-                close_batch(job)
-                continue
-            bucket = buckets.setdefault((h, w), [])
-            bucket.append((job, arr, depth))
-            pending += 1
-            if len(bucket) >= translator.batch_size:
-                pending -= len(bucket)
-                compute(buckets.pop((h, w)))
-            elif pending > 4 * translator.batch_size:  # many distinct sizes: run the fullest bucket
-                key = max(buckets, key=lambda k: len(buckets[k]))
-                pending -= len(buckets[key])
+            pending = 0
+            while reads:
+                job, fut = reads.popleft()
+                refill()
+                try:
+                    arr, depth = fut.result()
+                except ImageReadError as exc:
+                    report.failed.append((job.src, exc.reason))
+                    advance()
+                    close_batch(job)
+                    continue
+                except Img2ImgError as exc:
+                    report.failed.append((job.src, str(exc)))
+                    advance()
+                    close_batch(job)
+                    continue
+                h, w = arr.shape[:2]
+                if translator._tiling(h, w) is not None:
+                    compute([(job, arr, depth)])
+                    close_batch(job)
+                    continue
+                if given is not None:
+                    buckets.setdefault(given[id(job)], []).append((job, arr, depth))
+                    close_batch(job)
+                    continue
+                bucket = buckets.setdefault((h, w), [])
+                bucket.append((job, arr, depth))
+                pending += 1
+                if len(bucket) >= translator.batch_size:
+                    pending -= len(bucket)
+                    compute(buckets.pop((h, w)))
+                elif pending > 4 * translator.batch_size:  # many distinct sizes: run the fullest bucket
+                    key = max(buckets, key=lambda k: len(buckets[k]))
+                    pending -= len(buckets[key])
+                    compute(buckets.pop(key))
+            for key in list(buckets):
                 compute(buckets.pop(key))
-        for key in list(buckets):
-            compute(buckets.pop(key))
-        finish_writes(0)
+            finish_writes(0)
+        except (KeyboardInterrupt, Terminated) as exc:  # whole files only: finish the writes under way
+            _cancel(reads)
+            for job, fut in writes:
+                if not fut.cancel() and fut.exception() is None:
+                    report.written.append(job.dst)
+            writes.clear()
+            stopped_by = exc
     report.seconds = time.perf_counter() - start
+    if stopped_by is not None:
+        raise translation_stopped(stopped_by, len(report.written), len(jobs), out)
     if summary:
         _summarise(report, out, translator, console)
     return report
+
+
+class Terminated(BaseException):
+    """SIGTERM during a translation (raised by the handler `on_sigterm` installs)."""
+
+
+@contextmanager
+def on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` while translating, so that it stops like Ctrl-C (main thread only)."""
+    def handle(signum, frame):  # noqa: ANN001
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handle)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def translation_stopped(by: BaseException, written: int, total: int, out: Path) -> Exception:
+    """The exit (130 for Ctrl-C, 143 for SIGTERM) and line of a translation stopped by a signal."""
+    from img2img.engine.signals import EXIT_SIGINT, EXIT_SIGTERM, TrainingStopped
+
+    what = "SIGTERM" if isinstance(by, Terminated) else "Ctrl-C"
+    code = EXIT_SIGTERM if isinstance(by, Terminated) else EXIT_SIGINT
+    return TrainingStopped(code, f"stopped by {what}: wrote {written} of {total} image{'s' if total != 1 else ''} "
+                                 f"to {out}, each complete. Run the same command again to continue: outputs that "
+                                 "exist are skipped (unless --overwrite is given).")
 
 
 STOP_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)

@@ -25,7 +25,8 @@ from img2img.engine.checkpoint import load_generator
 from img2img.errors import Img2ImgError
 from img2img.inference.backends import OnnxBackend, TorchBackend, physical_cores
 from img2img.inference.distributed import torchrun_world, translate_ranks
-from img2img.inference.files import TranslateReport, _Plan, plan_outputs, remove_partial_outputs, run_plan
+from img2img.inference.files import (Terminated, TranslateReport, _Plan, on_sigterm, plan_outputs,
+                                     remove_partial_outputs, run_plan, translation_stopped)
 from img2img.inference.normstats import apply_norm_stats, check_onnx_norm_stats
 from img2img.inference.tiling import check_tiling, tile_plan, translate_tiled
 
@@ -370,6 +371,10 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
         return translate_ranks(plan, load, device=device, out=Path(out), resize=resize, keep_depth=keep_depth,
                                console=console)
     jobs = plan()
-    translator = load(device)
-    remove_partial_outputs(jobs)  # what a killed run left half-written
-    return run_plan(translator, jobs, Path(out), resize=resize, keep_depth=keep_depth, console=console)
+    with on_sigterm():  # SIGTERM stops like Ctrl-C: what was written is said, exit 143
+        try:
+            translator = load(device)
+        except (KeyboardInterrupt, Terminated) as exc:
+            raise translation_stopped(exc, 0, len(jobs.jobs), Path(out)) from None
+        remove_partial_outputs(jobs)  # what a killed run left half-written
+        return run_plan(translator, jobs, Path(out), resize=resize, keep_depth=keep_depth, console=console)

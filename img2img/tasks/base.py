@@ -38,6 +38,7 @@ from torch import nn
 from img2img.config import GeneratorSpec, PipelineBase
 from img2img.precision import Precision
 from img2img.tasks import validation as val
+from img2img.tasks.engine_state import EngineState, check_engine_names
 
 
 class ImagePool:
@@ -150,14 +151,12 @@ class Task:
                  agree: Callable[[bool], bool] | None = None, build: bool = True) -> None:
         from img2img.registry import get_registry
 
+        check_engine_names(type(self), Task)
         self.pipeline = pipeline
         self.device = torch.device(device)
         self.amp = precision or Precision("fp32", self.device)
         self.registry = registry or get_registry()
-        self._setup_fn = setup
-        self._agree = agree or (lambda flag: flag)
-        self._set_up: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-        self._plain = 0
+        self.__engine = EngineState(setup=setup, agree=agree or (lambda flag: flag))
         self.nets = Nets(self)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
@@ -305,25 +304,26 @@ class Task:
     # -- helpers for subclasses -------------------------------------------------------------
     def setup(self, module: nn.Module) -> nn.Module:
         """Place `module` on the training device and wrap it as the run needs; keep what this returns."""
-        if module in self._set_up:
+        engine = self.__engine
+        if module in engine.set_up:
             return module
-        if self._plain or self._setup_fn is None:
+        if engine.plain or engine.setup is None:
             module = module.to(self.device)
-            if self.pipeline.train.channels_last and not self._plain:
+            if self.pipeline.train.channels_last and not engine.plain:
                 module = module.to(memory_format=torch.channels_last)
         else:
-            module = self._setup_fn(module)
-        self._set_up.add(module)
+            module = engine.setup(module)
+        engine.set_up.add(module)
         return module
 
     @contextlib.contextmanager
     def plain_nets(self):
         """Within this block `build_net`/`setup` only move networks to the device, without wrappers."""
-        self._plain += 1
+        self.__engine.plain += 1
         try:
             yield
         finally:
-            self._plain -= 1
+            self.__engine.plain -= 1
 
     def build_net(self, kind: str, spec: Any, **io: int) -> nn.Module:
         """Build a component from the registry and set it up (see `setup`)."""
@@ -348,7 +348,7 @@ class Task:
         """
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        if self.skip_nonfinite and self._agree(not bool(torch.isfinite(loss))):
+        if self.skip_nonfinite and self.__engine.agree(not bool(torch.isfinite(loss))):
             self.skipped_updates += 1
             return
         self.amp.backward(loss)

@@ -144,10 +144,10 @@ def _summary(table: ModelTable, console: Console) -> None:
     rows = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("model", "kind", "task", "directions", "runs on"):
         rows.add_column(column)
-    for model in table.models.values():
-        first = next(iter(model.translators.values()))
+    for model in table.models.values():  # every direction: each has its own translator
+        runs_on = "; ".join(dict.fromkeys(t.describe() for t in model.translators.values()))
         rows.add_row(model.name, model.kind, str(model.info.get("task") or "?"), ", ".join(model.directions),
-                     first.describe())
+                     runs_on)
     console.print(rows)
 
 

@@ -9,22 +9,37 @@ from pathlib import Path
 
 from img2img import hookimpl
 
-from img2img_cut.patchnce import PatchNCELoss, ProjectionHeads, patchnce, sample_patch_ids
-from img2img_cut.task import ANTIALIAS_NCE_LAYERS, CUT, CUTPipeline, RESNET_NCE_LAYERS
-
 __version__ = "0.2.0"
 
 __all__ = ["ANTIALIAS_NCE_LAYERS", "CUT", "CUTPipeline", "PatchNCELoss", "ProjectionHeads", "RESNET_NCE_LAYERS", "patchnce",
            "sample_patch_ids", "__version__"]
 
 
+_LAZY = {"PatchNCELoss": "patchnce", "ProjectionHeads": "patchnce", "patchnce": "patchnce",
+         "sample_patch_ids": "patchnce", "ANTIALIAS_NCE_LAYERS": "task", "CUT": "task", "CUTPipeline": "task",
+         "RESNET_NCE_LAYERS": "task"}
+
+
+def __getattr__(name: str):
+    """The task and loss load torch; they are imported when used, so that listing pipelines does not."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"img2img_cut.{_LAZY[name]}"), name)
+    raise AttributeError(name)
+
+
 @hookimpl
 def register_tasks(register):
+    from img2img_cut.task import CUT
+
     register("cut", CUT)
 
 
 @hookimpl
 def register_losses(register):
+    from img2img_cut.patchnce import patchnce
+
     register("patchnce", patchnce)
 
 

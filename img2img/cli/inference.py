@@ -23,6 +23,10 @@ class NormStats(str, Enum):
     running = "running"
     batch = "batch"
 
+BACKEND_HELP = ("What computes: torch (run folders, checkpoints), onnxruntime (.onnx files), openvino (either, "
+                "compiled for this CPU; pip install 'img2img-pipeline[openvino]') or auto (the fastest way that agrees "
+                "with float32 on this machine, measured once and cached). Default: torch, or onnxruntime for .onnx.")
+
 NORM_STATS_HELP = ("Batch-norm statistics: running (eval mode, the default) or batch (each image's own, as the "
                    "reference's test.py without --eval; dropout stays off). See docs/import.md.")
 
@@ -44,7 +48,8 @@ def translate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     precision: str = typer.Option("fp32", "--precision",
                                   help="fp32, bf16, fp16 (bf16-mixed and fp16-mixed too) or auto: bf16 only where "
-                                       "this machine runs it faster."),
+                                       "this machine runs it faster (and, with --backend openvino or auto, where it "
+                                       "agrees with fp32)."),
     channels_last: bool = typer.Option(False, "--channels-last",
                                        help="Run a torch model in channels_last (NHWC) layout; pays on CUDA."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Translate in tiles of N x N pixels."),
@@ -64,6 +69,7 @@ def translate(
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input could not be translated."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the trained generator, not its EMA."),
     norm_stats: Optional[NormStats] = typer.Option(None, "--norm-stats", help=NORM_STATS_HELP),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """Translate images or folders; every output has exactly its input's size."""
     from img2img.inference.translator import translate_inputs
@@ -73,7 +79,7 @@ def translate(
         precision=precision, tile=tile, overlap=overlap, max_pixels=max_pixels, tile_norm=tile_norm,
         fmt=fmt.value if fmt else None, resize=resize, keep_depth=keep_depth, overwrite=overwrite,
         use_ema=not no_ema, channels_last=channels_last, console=console,
-        norm_stats=norm_stats.value if norm_stats else None,
+        norm_stats=norm_stats.value if norm_stats else None, backend=backend,
     )
     if report.failed and strict:
         raise typer.Exit(1)

@@ -75,19 +75,23 @@ def _summary(table: ModelTable, console: Console) -> None:
         rows.add_row(model.name, model.kind, str(model.info.get("task") or "?"), ", ".join(model.directions),
                      first.describe())
     console.print(rows)
+    for model in table.models.values():
+        for direction, translator in model.translators.items():
+            for note in translator.notes:  # e.g. what --backend auto chose, and why
+                console.print(f"[yellow]note:[/] {model.name} {direction}: {note}", highlight=False)
 
 
 def serve(models: list[str], *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           precision: str = "fp32", use_ema: bool = True, max_batch: int = 8, tiling: TileOptions = TileOptions(),
           settings: ServeSettings | None = None, log_level: str = "info", access_log: bool = True,
-          console: Console | None = None) -> None:
+          console: Console | None = None, backend: str | None = None) -> None:
     """Load `models` (``PATH`` or ``NAME=PATH``) and serve them until Ctrl-C or SIGTERM."""
     import uvicorn
 
     console = console or Console()
     settings = (settings or ServeSettings()).check()
     table = ModelTable.from_args(models, device=device, precision=precision, use_ema=use_ema, max_batch=max_batch,
-                                 tiling=tiling)
+                                 tiling=tiling, backend=backend)
     with console.status(f"loading {len(table.specs)} model{'s' if len(table.specs) != 1 else ''}"):
         table.load()
     _summary(table, console)

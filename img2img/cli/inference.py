@@ -100,11 +100,21 @@ def export(
     no_ema: bool = typer.Option(False, "--no-ema", help="Export the trained generator, not its EMA."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the onnxruntime parity check."),
     norm_stats: NormStats = typer.Option(NormStats.running, "--norm-stats", help=NORM_STATS_HELP),
+    int8: bool = typer.Option(False, "--int8", help="Write a statically quantised int8 ONNX file (QDQ), calibrated on "
+                                                   "--calibrate's images; runs in onnxruntime and --backend openvino."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate",
+                                             help="With --int8: a folder of images like those to translate (up to "
+                                                  "64 are used)."),
+    min_psnr: Optional[float] = typer.Option(None, "--min-psnr", min=0,
+                                             help="With --int8: refuse a file whose worst calibration image is below "
+                                                  "this PSNR against float32 (default 30 dB)."),
+    force: bool = typer.Option(False, "--force", help="With --int8: write the file even below --min-psnr."),
 ) -> None:
-    """Export a generator to ONNX (checked against torch) or safetensors."""
+    """Export a generator to ONNX (checked against torch; float32, --half or --int8) or safetensors."""
     from img2img.inference.export import export as run_export
 
     run_export(model, out, direction=direction.value, opset=opset, half=half, fmt=fmt.value,
-               use_ema=not no_ema, check=not no_check, console=console, norm_stats=norm_stats.value)
+               use_ema=not no_ema, check=not no_check, console=console, norm_stats=norm_stats.value,
+               int8=int8, calibrate=calibrate, force=force, min_psnr=min_psnr)
 
 

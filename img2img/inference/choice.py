@@ -119,12 +119,17 @@ def backend_for_onnx(path: Path, backend: str | None, *, device: str = "auto", p
             return runner
     check_device(device)
     reference_runner = OnnxBackend(path, "cpu", "fp32", direction, channels_last)  # checks the file first
-    reference = auto.Candidate("onnxruntime", reference_runner.precision, lambda: reference_runner)
+    file_kind = reference_runner.precision  # fp32, fp16 (--half) or int8 (--int8)
+    reference = auto.Candidate(f"onnxruntime {file_kind}", file_kind, lambda: reference_runner)
     candidates = [reference] if backend == "auto" and wanted in ("auto", "fp32") else []
     if backend == "openvino" or _openvino_available():
-        candidates += [auto.Candidate(f"openvino {k}", "int8" if reference_runner.precision == "int8" else k,
-                                      lambda k=k: OpenVinoBackend.from_onnx(path, k, "cpu", direction))
-                       for k in _openvino_precisions(wanted)]
+        if file_kind == "int8":  # the quantised convolutions run in int8 whatever the hint; one way to run it
+            candidates.append(auto.Candidate("openvino int8", "int8",
+                                             lambda: OpenVinoBackend.from_onnx(path, "fp32", "cpu", direction)))
+        else:
+            candidates += [auto.Candidate(f"openvino {k}", k, lambda k=k: OpenVinoBackend.from_onnx(path, k, "cpu",
+                                                                                                     direction))
+                           for k in _openvino_precisions(wanted)]
     runner, choice, notes = auto.choose(reference, candidates, channels=reference_runner.in_channels,
                                         shape=auto.file_shape(path), wanted=f"--backend {backend} --precision {wanted}")
     runner.choice = choice

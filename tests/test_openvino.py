@@ -299,3 +299,11 @@ def test_serve_backend_openvino_gives_translates_pixels(translate_run, tmp_path)
         assert np.array_equal(pixels(response.content), pixels(tmp_path / "out" / "in.png"))
     finally:
         assert proc.stop() == 0, proc.log
+
+
+@pytest.mark.skipif(BF16, reason="this CPU has bf16 arithmetic")
+def test_auto_with_bf16_on_a_cpu_without_it_says_what_to_do(translate_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMG2IMG_CACHE", str(tmp_path))
+    with pytest.raises(Img2ImgError, match=r"--precision bf16: no backend runs that precision natively .* "
+                                           r"use --precision fp32 or auto"):
+        Translator.load(translate_run, backend="auto", precision="bf16")

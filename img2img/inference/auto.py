@@ -138,7 +138,8 @@ def choose(reference: Candidate, candidates: list[Candidate], *, channels: int, 
     fp32``); both are part of the cache key with this machine's.
     """
     if not candidates:
-        raise Img2ImgError(f"{wanted}: nothing to choose from on this machine")
+        raise Img2ImgError(f"{wanted}: no backend runs that precision natively on this machine (bf16 needs "
+                           "AVX512-BF16 or AMX); use --precision fp32 or auto")
     key = f"{machine_key()} | {shape} | {wanted}"
     path = cache_file()
     try:

@@ -307,3 +307,40 @@ def test_auto_with_bf16_on_a_cpu_without_it_says_what_to_do(translate_run, tmp_p
     with pytest.raises(Img2ImgError, match=r"--precision bf16: no backend runs that precision natively .* "
                                            r"use --precision fp32 or auto"):
         Translator.load(translate_run, backend="auto", precision="bf16")
+
+
+@pytest.mark.parametrize("name", __import__("img2img.registry", fromlist=["x"]).get_registry().names("generator"))
+def test_every_generator_compiles_in_openvino_and_agrees_at_an_odd_size(name):
+    """What `--backend openvino` does to a run's generator (convert, compile, pad, crop), for every generator."""
+    import torch
+
+    from img2img.inference.openvino import OpenVinoBackend, _convert_module
+    from img2img.inference.tiling import SizeAdapter
+    from img2img.registry import get_registry
+
+    torch.manual_seed(0)
+    fields = get_registry().get("generator", name).params.model_fields
+    net = get_registry().build("generator", {"name": name, **({"ngf": 8} if "ngf" in fields else {})},
+                               in_channels=3, out_channels=1).eval()
+    multiple = int(getattr(net, "size_multiple", 1))
+    backend = OpenVinoBackend(_convert_module(net, 3, multiple), in_channels=3, out_channels=1,
+                              size_multiple=multiple, direction="a2b")
+    x = torch.rand(2, 3, 37, 45) * 2 - 1
+    with torch.no_grad():
+        expected = SizeAdapter(net, multiple)(x)
+    got = backend(x)
+    assert got.shape == expected.shape == (2, 1, 37, 45)
+    diff = (got - expected).abs() * 127.5  # grey levels of an 8-bit image
+    assert float(diff.mean()) <= 0.5 and float(diff.max()) <= 3, (float(diff.mean()), float(diff.max()))
+
+
+def test_backend_auto_on_an_onnx_file_chooses_between_onnxruntime_and_openvino(translate_onnx, torch_fp32, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setenv("IMG2IMG_CACHE", str(tmp_path))
+    translator = Translator.load(translate_onnx, backend="auto")
+    (entry,) = json.loads((tmp_path / "img2img" / "backends.json").read_text()).values()
+    assert entry["reference"] == "onnxruntime fp32" and set(entry["measured"]) == {"onnxruntime fp32", "openvino fp32"}
+    assert translator.backend.kind == {"onnxruntime fp32": "onnx", "openvino fp32": "openvino"}[entry["choice"]]
+    assert "auto:" in translator.describe()
+    mean, worst = agreement(translator, torch_fp32["whole"], seed=7)
+    assert mean <= 0.5 and worst <= 3

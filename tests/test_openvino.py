@@ -23,6 +23,7 @@ ov = pytest.importorskip("openvino")
 from img2img.errors import Img2ImgError  # noqa: E402
 from img2img.inference import openvino as ov_backend  # noqa: E402
 from img2img.inference.translator import Translator  # noqa: E402
+from img2img.registry import get_registry  # noqa: E402
 
 runner = CliRunner()
 ODD_SIZES = [(83, 61), (150, 97)]  # width, height: neither a multiple of the generator's 4
@@ -309,14 +310,13 @@ def test_auto_with_bf16_on_a_cpu_without_it_says_what_to_do(translate_run, tmp_p
         Translator.load(translate_run, backend="auto", precision="bf16")
 
 
-@pytest.mark.parametrize("name", __import__("img2img.registry", fromlist=["x"]).get_registry().names("generator"))
+@pytest.mark.parametrize("name", get_registry().names("generator"))
 def test_every_generator_compiles_in_openvino_and_agrees_at_an_odd_size(name):
     """What `--backend openvino` does to a run's generator (convert, compile, pad, crop), for every generator."""
     import torch
 
     from img2img.inference.openvino import OpenVinoBackend, _convert_module
     from img2img.inference.tiling import SizeAdapter
-    from img2img.registry import get_registry
 
     torch.manual_seed(0)
     fields = get_registry().get("generator", name).params.model_fields

@@ -18,6 +18,7 @@ yardstick. The idle server process uses no CPU while translate runs.
 The last stdout line is one JSON object; progress goes to stderr.
 
     python benchmarks/serve.py --images 16 --size 256 --ngf 8 --requests 32 --rounds 2
+    python benchmarks/serve.py --backend openvino    # serve --backend openvino against translate --backend openvino
 """
 from __future__ import annotations
 
@@ -45,25 +46,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def translate_rate(run: Path, inputs: Path, out: Path, batch_size: int, images: int) -> float:
+def translate_rate(run: Path, inputs: Path, out: Path, batch_size: int, images: int,
+                   backend: str | None = None) -> float:
     from rich.console import Console
 
     from img2img.inference.translator import translate_inputs
 
     report = translate_inputs([inputs], model=run, out=out, device="cpu", batch_size=batch_size, overwrite=True,
-                              console=Console(stderr=True, quiet=True))
+                              console=Console(stderr=True, quiet=True), backend=backend)
     if len(report.written) != images:
         raise SystemExit(f"translate wrote {len(report.written)} of {images} images: {report.failed[:3]}")
     return report.images_per_s
 
 
-def start_server(run: Path, port: int, max_batch: int, log_path: Path) -> subprocess.Popen:
+def start_server(run: Path, port: int, max_batch: int, log_path: Path, backend: str | None = None) -> subprocess.Popen:
     import httpx
 
     out = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "img2img", "serve", f"bench={run}", "--port", str(port),
                              "--device", "cpu", "--max-batch", str(max_batch), "--no-access-log",
-                             "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT)
+                             "--log-level", "warning", *(["--backend", backend] if backend else [])],
+                            stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2, help="alternations of translate and serve; best kept")
+    ap.add_argument("--backend", default=None, help="translate's and serve's --backend (e.g. openvino) for both")
     args = ap.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -143,14 +147,14 @@ def main(argv: list[str] | None = None) -> dict:
         translate: dict[int, float] = {}
         serve: dict[str, dict] = {}
         port = free_port()
-        server = start_server(run, port, args.max_batch, root / "server.log")
+        server = start_server(run, port, args.max_batch, root / "server.log", args.backend)
         url = f"http://127.0.0.1:{port}/v1/models/bench/translate"
         try:
             load(url, bodies, min(4, args.requests), 2)  # warm-up: first batches, allocations
-            translate_rate(run, inputs, root / "warm-up", 1, args.images)
+            translate_rate(run, inputs, root / "warm-up", 1, args.images, args.backend)
             for r in range(args.rounds):  # alternate, keep each one's best round: the machine is shared
                 for b in batch_sizes:
-                    rate = translate_rate(run, inputs, root / f"out-{b}", b, args.images)
+                    rate = translate_rate(run, inputs, root / f"out-{b}", b, args.images, args.backend)
                     translate[b] = max(translate.get(b, 0.0), rate)
                     log(f"round {r + 1}: translate --batch-size {b}: {rate:.3f} images/s")
                 for c in levels:
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         "translate_best_images_per_s": round(best, 3),
         "serve": serve,
         f"ratio_c{top}_to_translate": round(serve[top]["images_per_s"] / best, 3),
-        "target_ratio": 0.8,
+        "target_ratio": 0.8, "backend": args.backend or "torch",
         "images": args.images, "size": args.size, "ngf": args.ngf, "max_batch": args.max_batch, "rounds": args.rounds,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }

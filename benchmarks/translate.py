@@ -1,34 +1,32 @@
-"""Images per second of `img2img translate` with the torch backend and with the exported ONNX file.
+"""Images per second of `img2img translate` on every backend and precision this machine offers, each
+with its difference from torch fp32, in one run.
 
-Builds a run folder holding a resnet_9blocks (ngf 64) CycleGAN checkpoint (the training loop's own
-`Trainer.state()`, no training needed for speed), exports its a2b generator with `img2img export`,
-then translates a folder of 256x256 PNGs through `translate_inputs` with each backend, alternating
-the backends `--rounds` times and keeping each one's best round. The translate command's figure
-covers decoding, the model and encoding (I/O runs in threads beside the model), not model loading.
-It also times the generator's forward pass alone on one 1x3xSxS input, torch eager against the
-onnxruntime session `img2img translate` opens, alternating the two `--forward-runs` times with a
-short pause between them (onnxruntime's threads spin for a moment after a run, which would slow a
-torch pass started at once). `forward.speedup` is the median of the per-pair ratios: the steadier
-figure on a shared machine, and the ceiling for the whole command's speed-up.
+For each model (`--models`: ``demo`` is the demo pipeline's resnet_6blocks ngf 16 on 64x64 images,
+``256`` a resnet_9blocks ngf 64 on 256x256) it builds a run folder holding an untrained CycleGAN
+checkpoint (the training loop's own `Trainer.state()`; speed needs no training), exports its a2b
+generator to float32 ONNX and to int8 ONNX (``--int8``, calibrated on other images of the same kind),
+then translates a folder of PNGs through `translate_inputs` (the `img2img translate` command, decoding
+and encoding included, model loading not) along every path:
 
-With `--nproc N` it measures something else: the `img2img translate` command itself, run as a
-subprocess on 1 process and on N (`--nproc N`, torchrun on this machine), alternating `--rounds`
-times, each run's images/s as its summary line states it (the slowest rank's translation time, not
-the start-up), and whether the two output folders are identical byte for byte.
+    torch_fp32 (the yardstick), torch_bf16 (where the CPU has bf16), onnxruntime_fp32,
+    onnxruntime_int8, openvino_fp32, openvino_bf16 (where the CPU has it), openvino_int8
+
+The paths alternate `--rounds` times and keep their best round (the machine may be shared). Each
+entry is ``{"images_per_s", "ratio" (to torch_fp32), "mean_diff", "max_diff" (1/255 steps of the
+written 8-bit images against torch_fp32's), "agrees"}``, agreement as `--backend auto` judges it
+(`img2img.inference.auto.AGREEMENT`); ``fastest_agreeing`` names the best path and its ratio.
+`--forward-runs` N adds the older forward-pass comparison of torch and onnxruntime alone.
 
 The last stdout line is one JSON object; progress goes to stderr.
 
-    python benchmarks/translate.py --images 16 --rounds 3 --forward-runs 12
-    python benchmarks/translate.py --torch-precision bf16     # adds {"torch_bf16": {"images_per_s": ...}}
-    python benchmarks/translate.py --nproc 2 --images 64       # {"processes": {"1": ..., "2": ...}, ...}
+    python benchmarks/translate.py                        # both models, every path
+    python benchmarks/translate.py --models 256 --images 8 --rounds 2
+    python benchmarks/translate.py --size 32 --ngf 8 --images 3      # one tiny model ("custom")
 """
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,8 +50,8 @@ def write_inputs(folder: Path, count: int, size: int, seed: int = 0) -> None:
         Image.fromarray(pixels).save(folder / f"{i:04d}.png")
 
 
-def make_run(root: Path, size: int, ngf: int) -> Path:
-    """A run folder with `checkpoints/last.pt` of an untrained resnet_9blocks CycleGAN."""
+def make_run(root: Path, size: int, ngf: int, generator: str = "resnet_9blocks") -> Path:
+    """A run folder with `checkpoints/last.pt` of an untrained CycleGAN (`generator`, `ngf`)."""
     from rich.console import Console
 
     from img2img.engine import checkpoint as ckpt_io
@@ -66,7 +64,7 @@ def make_run(root: Path, size: int, ngf: int) -> Path:
     pipeline = validate_pipeline({
         "task": "cyclegan", "name": "bench",
         "data": {"a": str(data / "a"), "b": str(data / "b"), "num_workers": 0},
-        "model": {"generator": {"name": "resnet_9blocks", "ngf": ngf}, "discriminator": {"name": "patchgan"}},
+        "model": {"generator": {"name": generator, "ngf": ngf}, "discriminator": {"name": "patchgan"}},
         "train": {"max_steps": 1, "device": "cpu"},
     })
     run = RunFolder(root / "run")
@@ -101,124 +99,126 @@ def forward_pair(run: Path, onnx_file: Path, size: int, runs: int, device: str) 
     }
 
 
-def translate_command(inputs: Path, run: Path, out: Path, nproc: int, args: argparse.Namespace) -> dict:
-    """One `img2img translate` as a user runs it; its summary's images/s and the wall time."""
-    command = [sys.executable, "-m", "img2img", "translate", str(inputs), "--model", str(run), "--out", str(out),
-               "--device", args.device, "--batch-size", str(args.batch_size), "--overwrite"]
-    if nproc > 1:
-        command += ["--nproc", str(nproc)]
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env={**env, "COLUMNS": "300"})
-    wall = time.perf_counter() - start
-    text = " ".join(proc.stdout.split())
-    found = re.search(r"translated (\d+) images? in [\d.]+ s \(([\d.]+) images/s\)", text)
-    if proc.returncode != 0 or found is None or int(found.group(1)) != args.images:
-        raise SystemExit(f"{nproc} process(es): exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return {"images_per_s": float(found.group(2)), "wall_s": wall}
+MODELS = {"demo": ("resnet_6blocks", 16, 64, 64), "256": ("resnet_9blocks", 64, 256, 16)}
+"""name: (generator, ngf, image size, default image count)."""
 
 
-def compare_processes(args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        log("building a run folder")
-        run = make_run(root, args.size, args.ngf)
-        inputs = root / "inputs"
-        write_inputs(inputs, args.images, args.size)
-        best: dict[int, dict] = {}
-        for r in range(args.rounds):
-            for nproc in ((1, args.nproc) if r % 2 == 0 else (args.nproc, 1)):
-                result = translate_command(inputs, run, root / f"out-{nproc}", nproc, args)
-                log(f"round {r + 1}, {nproc} process(es): {result['images_per_s']:.3f} images/s, "
-                    f"{result['wall_s']:.1f} s with start-up")
-                if result["images_per_s"] > best.get(nproc, {"images_per_s": 0.0})["images_per_s"]:
-                    best[nproc] = result
-        identical = all((root / "out-1" / p.name).read_bytes() == p.read_bytes()
-                        for p in (root / f"out-{args.nproc}").iterdir())
-    result = {
-        "processes": {str(n): {"images_per_s": round(best[n]["images_per_s"], 3), "wall_s": round(best[n]["wall_s"], 1)}
-                      for n in (1, args.nproc)},
-        "speedup": round(best[args.nproc]["images_per_s"] / best[1]["images_per_s"], 3),
-        "identical_outputs": identical,
-        "images": args.images, "size": args.size, "ngf": args.ngf, "batch_size": args.batch_size,
-        "rounds": args.rounds, "device": args.device, "cpus": os.cpu_count(),
-    }
-    emit(result)
+def read_outputs(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p), dtype=np.int16) for p in sorted(folder.glob("*.png"))}
+
+
+def paths_for(run: Path, onnx_file: Path, int8_file: Path | None) -> dict[str, tuple[Path, str, str]]:
+    """name: (model, backend, precision) of every path this machine can run."""
+    from img2img.inference.choice import _torch_bf16_native
+
+    paths = {"torch_fp32": (run, "torch", "fp32")}
+    if _torch_bf16_native():
+        paths["torch_bf16"] = (run, "torch", "bf16")
+    paths["onnxruntime_fp32"] = (onnx_file, "onnxruntime", "fp32")
+    if int8_file is not None:
+        paths["onnxruntime_int8"] = (int8_file, "onnxruntime", "fp32")
+    try:
+        from img2img.inference import openvino as ov
+
+        bf16 = ov.bf16_supported()
+    except Exception as exc:  # not installed: the other paths still run
+        log(f"OpenVINO paths left out: {exc}")
+        return paths
+    paths["openvino_fp32"] = (run, "openvino", "fp32")
+    if bf16:
+        paths["openvino_bf16"] = (run, "openvino", "bf16")
+    if int8_file is not None:
+        paths["openvino_int8"] = (int8_file, "openvino", "fp32")
+    return paths
+
+
+def bench_model(root: Path, name: str, args) -> dict:
+    from rich.console import Console
+
+    from img2img.inference.auto import AGREEMENT
+    from img2img.inference.export import export
+    from img2img.inference.translator import Translator
+
+    generator, ngf, size, count = MODELS.get(name) or (args.generator, args.ngf, args.size, 8)
+    images = args.images or count
+    quiet = Console(stderr=True, quiet=True)
+    log(f"{name}: building a {generator} (ngf {ngf}) run, exporting it, {images} PNGs of {size}x{size}")
+    run = make_run(root, size, ngf, generator)
+    onnx_file = root / "g.onnx"
+    export(run, onnx_file, console=quiet)
+    int8_file = None
+    if args.int8:
+        write_inputs(root / "calibration", 16, size, seed=7)
+        int8_file = root / "g-int8.onnx"
+        export(run, int8_file, int8=True, calibrate=root / "calibration", force=True, console=Console(stderr=True))
+    inputs = root / "inputs"
+    write_inputs(inputs, images, size)
+    paths = paths_for(run, onnx_file, int8_file)
+    translators = {}
+    for key, (model, backend, precision) in paths.items():  # loaded once: the rounds time translation only
+        translators[key] = Translator.load(model, device=args.device, precision=precision, backend=backend,
+                                           batch_size=args.batch_size)
+    best: dict[str, float] = {}
+    keys = list(paths)
+    for r in range(args.rounds):
+        for key in (keys if r % 2 == 0 else keys[::-1]):
+            report = translators[key].translate_folder(inputs, root / f"out-{key}", overwrite=True, console=quiet)
+            if len(report.written) != images:
+                raise SystemExit(f"{key}: translated {len(report.written)} of {images} images: {report.failed[:3]}")
+            log(f"{name} round {r + 1} {key}: {report.images_per_s:.3f} images/s")
+            best[key] = max(best.get(key, 0.0), report.images_per_s)
+    reference = read_outputs(root / "out-torch_fp32")
+    rows: dict[str, dict] = {}
+    for key in keys:
+        outputs = read_outputs(root / f"out-{key}")
+        diffs = [np.abs(outputs[n] - reference[n]) for n in reference]
+        mean = float(np.mean([d.mean() for d in diffs]))
+        worst = float(max(d.max() for d in diffs))
+        arithmetic = key.rsplit("_", 1)[1]
+        mean_limit, max_limit = AGREEMENT[arithmetic]
+        rows[key] = {"images_per_s": round(best[key], 3), "ratio": round(best[key] / best["torch_fp32"], 3),
+                     "mean_diff": round(mean, 3), "max_diff": round(worst, 1),
+                     "agrees": mean <= mean_limit and (max_limit is None or worst <= max_limit),
+                     "runs_on": translators[key].describe()}
+    agreeing = [k for k, row in rows.items() if row["agrees"]]
+    fastest = max(agreeing, key=lambda k: rows[k]["images_per_s"])
+    result = {"paths": rows, "fastest_agreeing": {"path": fastest, "ratio": rows[fastest]["ratio"]},
+              "generator": generator, "ngf": ngf, "size": size, "images": images}
+    if args.forward_runs > 0:
+        result["forward"] = forward_pair(run, onnx_file, size, args.forward_runs, args.device)
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--ngf", type=int, default=64)
+    ap.add_argument("--models", default="demo,256", help="comma-separated: demo, 256")
+    ap.add_argument("--images", type=int, default=0, help="PNGs per model (default: 64 demo, 16 at 256)")
+    ap.add_argument("--size", type=int, default=None, help="instead of --models: one model on SxS images")
+    ap.add_argument("--ngf", type=int, default=64, help="with --size: the generator's width")
+    ap.add_argument("--generator", default="resnet_9blocks", help="with --size: the generator")
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2, help="alternations of the two backends; best round kept")
-    ap.add_argument("--forward-runs", type=int, default=12, help="alternating forward passes of each backend")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of the paths; best round kept")
+    ap.add_argument("--forward-runs", type=int, default=0, help="alternating torch/onnxruntime forward passes")
+    ap.add_argument("--no-int8", dest="int8", action="store_false", help="leave out the int8 paths")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--torch-precision", action="append", default=[], choices=["bf16", "fp16"],
-                    help="also translate with the torch model at this precision (repeatable), e.g. bf16")
-    ap.add_argument("--nproc", type=int, default=None,
-                    help="instead: the translate command on 1 and on N processes (torchrun), side by side")
     args = ap.parse_args(argv)
-    if args.nproc is not None:
-        if args.nproc < 2:
-            raise SystemExit("--nproc: give 2 or more processes to compare with 1")
-        return compare_processes(args)
-
-    try:
-        from img2img.inference.export import export
-        from img2img.inference.translator import translate_inputs
-    except ImportError as exc:
-        raise SystemExit(f"img2img.translate / img2img.export are not importable here: {exc}") from None
-    from rich.console import Console
-
-    quiet = Console(stderr=True, quiet=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        log("building a run folder and exporting its a2b generator")
-        run = make_run(root, args.size, args.ngf)
-        onnx_file = root / "g.onnx"
-        start = time.perf_counter()
-        export(run, onnx_file, console=quiet)
-        export_seconds = time.perf_counter() - start
-        inputs = root / "inputs"
-        write_inputs(inputs, args.images, args.size)
-
-        best: dict[str, float] = {}
-        backends = ["torch", "onnx"] + [f"torch_{p}" for p in args.torch_precision]
-        for r in range(args.rounds):
-            order = backends if r % 2 == 0 else backends[::-1]
-            for backend in order:
-                model = onnx_file if backend == "onnx" else run
-                precision = backend.split("_", 1)[1] if backend.startswith("torch_") else "fp32"
-                report = translate_inputs([inputs], model=model, out=root / f"out-{backend}", device=args.device,
-                                          precision=precision, batch_size=args.batch_size, overwrite=True,
-                                          console=quiet)
-                if len(report.written) != args.images:
-                    raise SystemExit(f"{backend}: translated {len(report.written)} of {args.images} images: "
-                                     f"{report.failed[:3]}")
-                log(f"round {r + 1} {backend}: {report.images_per_s:.3f} images/s")
-                best[backend] = max(best.get(backend, 0.0), report.images_per_s)
-        forward = None
-        if args.forward_runs > 0:
-            log(f"timing {args.forward_runs} alternating forward passes of each backend")
-            forward = forward_pair(run, onnx_file, args.size, args.forward_runs, args.device)
-            log(f"forward: torch {forward['torch_seconds']:.3f} s, onnx {forward['onnx_seconds']:.3f} s, "
-                f"speed-up {forward['speedup']:.3f}")
-
-    result = {
-        "torch": {"images_per_s": round(best["torch"], 3)},
-        "onnx": {"images_per_s": round(best["onnx"], 3)},
-        **{name: {"images_per_s": round(best[name], 3)} for name in backends[2:]},
-        "onnx_speedup": round(best["onnx"] / best["torch"], 3),
-        "forward": forward,
-        "images": args.images, "size": args.size, "ngf": args.ngf, "batch_size": args.batch_size,
-        "rounds": args.rounds, "device": args.device, "threads": torch.get_num_threads(),
-        "export_seconds": round(export_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
-    }
+    result: dict = {}
+    for name in (args.models.split(",") if args.size is None else ["custom"]):
+        if name not in MODELS and name != "custom":
+            raise SystemExit(f"--models {name!r}: choose among {', '.join(MODELS)}")
+        with tempfile.TemporaryDirectory() as tmp:
+            result[name] = bench_model(Path(tmp), name, args)
+    result.update({"cpu": _cpu_name(), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+                   "rounds": args.rounds, "device": args.device, "target_ratio": 1.8,
+                   "peak_rss_mb": round(peak_rss_mb(), 1)})
     emit(result)
     return result
+
+
+def _cpu_name() -> str:
+    from img2img.precision import _cpu_name as name
+
+    return name()
 
 
 if __name__ == "__main__":

@@ -62,9 +62,15 @@ def resolve(value: object, device: torch.device, *, option: str = "--precision")
 # the CPU probe
 
 
-def _cache_file() -> Path:
+def cache_dir() -> Path:
+    """Where img2img keeps what it measured on this machine: ``$IMG2IMG_CACHE/img2img``, else
+    ``$XDG_CACHE_HOME/img2img``, else ``~/.cache/img2img``."""
     root = os.environ.get("IMG2IMG_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "img2img" / "precision.json"
+    return Path(root) / "img2img"
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "precision.json"
 
 
 def _cpu_name() -> str:

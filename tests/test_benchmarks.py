@@ -27,21 +27,28 @@ def run_script(name: str, *args: str) -> dict:
     return result
 
 
-def test_translate_benchmark_reports_both_backends_and_the_forward_pair():
+def test_translate_benchmark_reports_every_backend_and_precision_against_torch_fp32():
+    pytest.importorskip("openvino")
     result = run_script("translate.py", "--images", "3", "--size", "32", "--ngf", "8", "--rounds", "1",
-                        "--forward-runs", "2", "--torch-precision", "bf16")
-    for backend in ("torch", "onnx", "torch_bf16"):
-        assert result[backend]["images_per_s"] > 0
-    assert result["onnx_speedup"] == pytest.approx(result["onnx"]["images_per_s"] / result["torch"]["images_per_s"],
-                                                   rel=0.01)
-    forward = result["forward"]
+                        "--forward-runs", "2")
+    model = result["custom"]
+    paths = model["paths"]
+    for name in ("torch_fp32", "onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32", "openvino_int8"):
+        row = paths[name]
+        assert row["images_per_s"] > 0 and row["mean_diff"] >= 0 and row["max_diff"] >= row["mean_diff"], name
+        assert row["ratio"] == pytest.approx(row["images_per_s"] / paths["torch_fp32"]["images_per_s"], rel=0.01)
+    assert paths["torch_fp32"]["max_diff"] == 0 and paths["torch_fp32"]["ratio"] == 1
+    assert paths["openvino_fp32"]["agrees"] and "openvino" in paths["openvino_fp32"]["runs_on"]
+    assert "int8" in paths["openvino_int8"]["runs_on"] and "int8" in paths["onnxruntime_int8"]["runs_on"]
+    fastest = model["fastest_agreeing"]
+    assert paths[fastest["path"]]["agrees"] and fastest["ratio"] == paths[fastest["path"]]["ratio"]
+    forward = model["forward"]
     assert forward["runs"] == 2 and forward["torch_seconds"] > 0 and forward["onnx_seconds"] > 0
-    assert forward["speedup"] > 0
-    assert (result["images"], result["size"], result["ngf"]) == (3, 32, 8)
+    assert (model["images"], model["size"], model["ngf"]) == (3, 32, 8) and result["cpu"]
 
 
 def test_translate_benchmark_compares_one_and_two_processes():
-    result = run_script("translate.py", "--nproc", "2", "--images", "4", "--size", "32", "--ngf", "8",
+    result = run_script("translate_nproc.py", "--nproc", "2", "--images", "4", "--size", "32", "--ngf", "8",
                         "--rounds", "1", "--device", "cpu")
     one, two = result["processes"]["1"], result["processes"]["2"]
     assert one["images_per_s"] > 0 and two["images_per_s"] > 0 and two["wall_s"] > 0

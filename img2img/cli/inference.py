@@ -24,6 +24,10 @@ class NormStats(str, Enum):
     running = "running"
     batch = "batch"
 
+BACKEND_HELP = ("What computes: torch (run folders, checkpoints), onnxruntime (.onnx files), openvino (either, "
+                "compiled for this CPU; pip install 'img2img-pipeline[openvino]') or auto (the fastest way that agrees "
+                "with float32 on this machine, measured once and cached). Default: torch, or onnxruntime for .onnx.")
+
 NORM_STATS_HELP = ("Batch-norm statistics: running (eval mode, the default) or batch (each image's own, as the "
                    "reference's test.py without --eval; dropout stays off). See `img2img docs import`.")
 
@@ -45,7 +49,8 @@ def translate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     precision: str = typer.Option("fp32", "--precision",
                                   help="fp32, bf16, fp16 (bf16-mixed and fp16-mixed too) or auto: bf16 only where "
-                                       "this machine runs it faster."),
+                                       "this machine runs it faster (and, with --backend openvino or auto, where it "
+                                       "agrees with fp32)."),
     channels_last: bool = typer.Option(False, "--channels-last",
                                        help="Run a torch model in channels_last (NHWC) layout; pays on CUDA."),
     tile: Optional[int] = typer.Option(None, "--tile", min=16, help="Translate in tiles of N x N pixels."),
@@ -67,7 +72,8 @@ def translate(
     norm_stats: Optional[NormStats] = typer.Option(None, "--norm-stats", help=NORM_STATS_HELP),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1,
                                         help="Translate on N processes on this machine (runs torchrun; the "
-                                             "processes share the inputs). See docs/distributed.md."),
+                                             "processes share the inputs). See `img2img docs distributed`."),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """Translate images or folders; every output has exactly its input's size."""
     from img2img.inference.translator import translate_inputs
@@ -82,7 +88,7 @@ def translate(
         precision=precision, tile=tile, overlap=overlap, max_pixels=max_pixels, tile_norm=tile_norm,
         fmt=fmt.value if fmt else None, resize=resize, keep_depth=keep_depth, overwrite=overwrite,
         use_ema=not no_ema, channels_last=channels_last, console=console,
-        norm_stats=norm_stats.value if norm_stats else None,
+        norm_stats=norm_stats.value if norm_stats else None, backend=backend,
     )
     if report.failed and strict:
         raise typer.Exit(1)
@@ -105,12 +111,21 @@ def export(
     norm_stats: NormStats = typer.Option(NormStats.running, "--norm-stats", help=NORM_STATS_HELP),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace an existing --out that is not an earlier export of this format."),
+    int8: bool = typer.Option(False, "--int8", help="Write a statically quantised int8 ONNX file (QDQ), calibrated on "
+                                                   "--calibrate's images; runs in onnxruntime and --backend openvino."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate",
+                                             help="With --int8: a folder of images like those to translate (up to "
+                                                  "64 are used)."),
+    min_psnr: Optional[float] = typer.Option(None, "--min-psnr", min=0,
+                                             help="With --int8: refuse a file whose worst calibration image is below "
+                                                  "this PSNR against float32 (default 30 dB)."),
+    force: bool = typer.Option(False, "--force", help="With --int8: write the file even below --min-psnr."),
 ) -> None:
-    """Export a generator to ONNX (checked against torch) or safetensors."""
+    """Export a generator to ONNX (checked against torch; float32, --half or --int8) or safetensors."""
     from img2img.inference.export import export as run_export
 
     run_export(model, out, direction=direction.value, opset=opset, half=half, fmt=fmt.value,
                use_ema=not no_ema, check=not no_check, console=console, norm_stats=norm_stats.value,
-               overwrite=overwrite)
+               overwrite=overwrite, int8=int8, calibrate=calibrate, force=force, min_psnr=min_psnr)
 
 

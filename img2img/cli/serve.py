@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from img2img.cli.base import app, console, report_user_errors
+from img2img.cli.inference import BACKEND_HELP
 
 
 class LogLevel(str, Enum):
@@ -61,6 +62,7 @@ def serve(
                                          help="A Host name clients may use besides localhost (repeatable; '*' "
                                               "any). Without it a server bound to loopback refuses other names."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Use the trained generators, not their EMA."),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="How much the server logs."),
     no_access_log: bool = typer.Option(False, "--no-access-log", help="Do not log every request."),
 ) -> None:
@@ -71,7 +73,7 @@ def serve(
     settings = ServeSettings(max_pixels=max_pixels, max_body_bytes=int(max_body_mb * 2**20), queue_size=queue_size,
                              batch_wait_ms=batch_wait_ms, body_timeout=body_timeout, max_uploads=max_uploads,
                              max_tiles=max_tiles)
-    run_server(models, host=host, port=port, device=device, precision=precision, use_ema=not no_ema,
+    run_server(models, host=host, port=port, device=device, precision=precision, use_ema=not no_ema, backend=backend,
                max_batch=max_batch, tiling=TileOptions(tile=tile, overlap=overlap, tile_norm=tile_norm,
                                                        tile_above=tile_above),
                settings=settings, log_level=log_level.value, access_log=not no_access_log, console=console,

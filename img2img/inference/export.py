@@ -64,7 +64,8 @@ def _load(model: Path, direction: str, use_ema: bool) -> LoadedGenerator:
 
 def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, half: bool = False,
            fmt: str = "onnx", use_ema: bool = True, check: bool = True, console: Console | None = None,
-           norm_stats: str = "running", overwrite: bool = False) -> Path:
+           norm_stats: str = "running", overwrite: bool = False, int8: bool = False,
+           calibrate: Path | None = None, force: bool = False, min_psnr: float | None = None) -> Path:
     """Export the `direction` generator of a run/checkpoint to `out` (ONNX or safetensors); returns `out`.
 
     An existing `out` is replaced only when it is an earlier img2img export of the same format, or with
@@ -72,6 +73,8 @@ def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, h
 
     `norm_stats` ``"batch"`` writes a graph whose batch-norm layers use each image's own statistics (the
     reference's test.py); the parity check compares it with the torch model in that same mode.
+    `int8` writes a statically quantised ONNX file calibrated on the images in `calibrate`, refused when
+    it agrees with float32 less than `min_psnr` dB unless `force` (see `img2img.inference.quantize`).
     """
     console = console or Console()
     out = Path(out)
@@ -84,6 +87,7 @@ def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, h
     if fmt == "safetensors" and out.suffix.lower() == ".onnx":
         raise Img2ImgError(f"--out {out} ends in .onnx but --format is safetensors; name it .safetensors")
     _refuse_overwriting_the_model(Path(model), out, fmt)
+    _check_int8(int8, calibrate, fmt=fmt, half=half, check=check, force=force, min_psnr=min_psnr)
     _check_replacing(out, fmt, overwrite, console)
     check_norm_stats(norm_stats)
     if fmt == "safetensors" and norm_stats != "running":
@@ -95,12 +99,39 @@ def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, h
     for note in apply_norm_stats(loaded, norm_stats):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     metadata = {**_run_metadata(loaded), "norm_stats": norm_stats}
+    if int8:
+        from img2img.inference.quantize import MIN_PSNR, export_int8
+
+        return export_int8(loaded.module, out, calibrate=Path(calibrate), in_channels=loaded.in_channels,
+                           out_channels=loaded.out_channels, size_multiple=loaded.size_multiple, metadata=metadata,
+                           opset=opset, force=force, min_psnr=MIN_PSNR if min_psnr is None else min_psnr,
+                           console=console)
     return export_generator(loaded.module, out, in_channels=loaded.in_channels, out_channels=loaded.out_channels,
                             size_multiple=loaded.size_multiple, metadata=metadata, opset=opset,
                             half=half, check=check, console=console)
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def _check_int8(int8: bool, calibrate: Path | None, *, fmt: str, half: bool, check: bool, force: bool,
+                min_psnr: float | None) -> None:
+    if not int8:
+        for flag, given in (("--calibrate", calibrate is not None), ("--force", force),
+                            ("--min-psnr", min_psnr is not None)):
+            if given:
+                raise Img2ImgError(f"{flag} applies to int8 export; add --int8 (e.g. --int8 --calibrate photos/)")
+        return
+    if fmt != "onnx":
+        raise Img2ImgError("--int8 writes an ONNX file; leave out --format safetensors")
+    if half:
+        raise Img2ImgError("--int8 and --half are two different exports; choose one")
+    if not check:
+        raise Img2ImgError("--int8 always compares the int8 file with float32 on the calibration images; leave out "
+                           "--no-check")
+    if calibrate is None:
+        raise Img2ImgError("--int8 needs --calibrate FOLDER: images like those the model will translate (a few dozen "
+                           "suffice), to measure the ranges int8 must cover")
 
 
 def _refuse_overwriting_the_model(model: Path, out: Path, fmt: str) -> None:

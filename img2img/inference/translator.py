@@ -27,10 +27,11 @@ from img2img.inference.backends import OnnxBackend, TorchBackend, physical_cores
 from img2img.inference.distributed import torchrun_world, translate_ranks
 from img2img.inference.files import (Terminated, TranslateReport, _Plan, on_sigterm, plan_outputs,
                                      remove_partial_outputs, run_plan, translation_stopped)
+from img2img.inference.choice import BACKENDS, backend_for_loaded, backend_for_onnx, check_backend
 from img2img.inference.normstats import apply_norm_stats, check_onnx_norm_stats
 from img2img.inference.tiling import check_tiling, tile_plan, translate_tiled
 
-__all__ = ["TranslateReport", "Translator", "physical_cores", "select_device", "translate_inputs"]
+__all__ = ["BACKENDS", "TranslateReport", "Translator", "physical_cores", "select_device", "translate_inputs"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ class Translator:
     "auto", the default: per image, whichever of the two `choose_tile_norm` finds closer).
     """
 
-    def __init__(self, backend: TorchBackend | OnnxBackend | None = None, *, model: str | os.PathLike | None = None,
+    def __init__(self, backend: Any = None, *, model: str | os.PathLike | None = None,
                  batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
                  max_pixels: int | None = None, tile_norm: str = "auto", stats_size: int | None = None,
                  **load_options: Any):
@@ -85,42 +86,44 @@ class Translator:
         self.max_pixels = max_pixels
         self.tile_norm = tile_norm
         self.notes = list(backend.notes)
-        if backend.kind == "onnx" and tile_norm != "local" and (tile is not None or max_pixels is not None):
-            self.notes.append("tiles of an ONNX model use their own instance-norm statistics; "
-                              f"--tile-norm {tile_norm} needs a run folder or checkpoint")
+        if backend.kind != "torch" and tile_norm != "local" and (tile is not None or max_pixels is not None):
+            what = "an ONNX model" if backend.kind == "onnx" else f"a model compiled by {backend.kind}"
+            self.notes.append(f"tiles of {what} use their own instance-norm statistics; --tile-norm {tile_norm} "
+                              "needs a run folder or checkpoint in torch")
 
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
     def from_run(cls, path: str | os.PathLike, direction: str = "a2b", *, device: str = "auto",
                  precision: str = "fp32", use_ema: bool = True, channels_last: bool = False,
-                 norm_stats: str | None = None, **options: Any) -> Translator:
+                 norm_stats: str | None = None, backend: str | None = None, **options: Any) -> Translator:
         """From a run folder, a checkpoint (.pt) or an exported .safetensors generator.
 
         `norm_stats` ``"batch"`` normalises batch-norm layers with each image's own statistics, as the
         reference's test.py does (see `img2img.inference.normstats`); the default is eval mode.
+        `backend` is ``"torch"`` (the default), ``"openvino"`` (compiled for this CPU) or ``"auto"``
+        (the fastest of those that agree with torch fp32 here; see `img2img.inference.auto`).
         """
         path = Path(path)
+        backend = check_backend(backend)
         if path.suffix.lower() == ".onnx":
             return cls.from_onnx(path, device=device, precision=precision, channels_last=channels_last,
-                                 norm_stats=norm_stats, **options)
+                                 norm_stats=norm_stats, backend=backend, **options)
         if path.suffix.lower() == ".safetensors":
             from img2img.inference.export import load_safetensors_generator
 
             loaded = load_safetensors_generator(path)
             notes = apply_norm_stats(loaded, norm_stats)
-            backend = TorchBackend.from_loaded(loaded, device, precision, channels_last)
-            if direction != loaded.direction:
-                backend.notes.append(f"{path.name} translates {loaded.direction}; --direction {direction} "
-                                     "does not apply to an exported file")
+            elsewhere = [] if direction == loaded.direction else [
+                f"{path.name} translates {loaded.direction}; --direction {direction} does not apply to an exported file"]
         else:
             loaded = load_generator(path, direction, use_ema=use_ema)
-            notes = apply_norm_stats(loaded, norm_stats)
-            backend = TorchBackend.from_loaded(loaded, device, precision, channels_last)
-        backend.notes += notes
+            notes, elsewhere = apply_norm_stats(loaded, norm_stats), []
+        runner = backend_for_loaded(loaded, backend, device=device, precision=precision, channels_last=channels_last)
+        runner.notes += elsewhere + notes
         if norm_stats == "batch" and not notes:  # a note: the generator has no batch norm to act on
-            backend.label += ", batch-norm on image statistics"
-        return cls(backend, **options)
+            runner.label += ", batch-norm on image statistics"
+        return cls(runner, **options)
 
     @classmethod
     def from_module(cls, module: nn.Module, *, in_channels: int = 3, out_channels: int = 3,
@@ -136,29 +139,33 @@ class Translator:
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
                   direction: str | None = None, channels_last: bool = False, norm_stats: str | None = None,
-                  **options: Any) -> Translator:
+                  backend: str | None = None, **options: Any) -> Translator:
         """From a file written by `img2img export` (or any NCHW [-1, 1] image-to-image ONNX graph).
 
         The normalisation statistics are fixed at export; a `norm_stats` other than the file's is an error.
+        `backend` is ``"onnxruntime"`` (the default), ``"openvino"`` or ``"auto"`` (the faster of the two
+        where they agree).
         """
-        backend = OnnxBackend(Path(path), device, precision, direction, channels_last)
-        check_onnx_norm_stats(backend.metadata, norm_stats, Path(path))
-        return cls(backend, **options)
+        runner = backend_for_onnx(Path(path), check_backend(backend), device=device, precision=precision,
+                                  direction=direction, channels_last=channels_last)
+        check_onnx_norm_stats(runner.metadata, norm_stats, Path(path))
+        return cls(runner, **options)
 
     @classmethod
     def load(cls, model: str | os.PathLike, direction: str = "a2b", *, device: str = "auto",
              precision: str = "fp32", use_ema: bool = True, channels_last: bool = False,
-             **options: Any) -> Translator:
-        """The backend follows the path: ``.onnx`` runs in onnxruntime, anything else in torch."""
+             backend: str | None = None, **options: Any) -> Translator:
+        """By default the backend follows the path: ``.onnx`` runs in onnxruntime, anything else in torch;
+        `backend` ``"openvino"`` runs either in OpenVINO, ``"auto"`` the fastest agreeing way."""
         source = (str(model), dict(direction=direction, device=device, precision=precision, use_ema=use_ema,
-                                   channels_last=channels_last, **options))
+                                   channels_last=channels_last, backend=backend, **options))
         model = Path(model)
         if model.suffix.lower() == ".onnx":
             translator = cls.from_onnx(model, device=device, precision=precision, direction=direction,
-                                       channels_last=channels_last, **options)
+                                       channels_last=channels_last, backend=backend, **options)
         else:
             translator = cls.from_run(model, direction, device=device, precision=precision, use_ema=use_ema,
-                                      channels_last=channels_last, **options)
+                                      channels_last=channels_last, backend=backend, **options)
         translator._source = source
         return translator
 
@@ -188,7 +195,10 @@ class Translator:
         return self.backend.direction
 
     def describe(self) -> str:
-        return self.backend.describe()
+        """What runs the model (and, when `--backend auto` chose it, how much faster it measured)."""
+        text = self.backend.describe()
+        choice = getattr(self.backend, "choice", None)
+        return f"{text[:-1]}; {choice})" if choice and text.endswith(")") else text
 
     # -- arrays ---------------------------------------------------------------------------------
 
@@ -339,7 +349,8 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
                      overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "auto",
                      fmt: str | None = None, resize: int | None = None, keep_depth: bool = False,
                      overwrite: bool = False, use_ema: bool = True, channels_last: bool = False,
-                     console: Console | None = None, norm_stats: str | None = None) -> TranslateReport:
+                     console: Console | None = None, norm_stats: str | None = None,
+                     backend: str | None = None) -> TranslateReport:
     """Translate image files and folders (recursively) into `out`, mirroring relative paths.
 
     Each output has its input's size (or, with `resize`, the resized size), the input's format
@@ -348,11 +359,13 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
     with `tile` and 64 when `max_pixels` tiles an image automatically. `channels_last` runs a torch
     model in NHWC memory layout (usually faster on CUDA tensor cores; slower on this project's CPUs).
     `norm_stats` ``"batch"`` reproduces the reference's test.py (batch norm on each image's statistics).
+    `backend` ``"openvino"`` or ``"auto"`` (see `Translator.load`) chooses what computes.
     """
     console = console or Console()
 
     def plan() -> _Plan:  # option and folder problems, before the model loads
         check_tiling(tile, overlap, max_pixels, tile_norm)
+        check_backend(backend)
         if overlap is not None and tile is None and max_pixels is None:
             raise Img2ImgError(f"--overlap {overlap} applies to tiles only, and nothing is tiled without --tile or "
                                f"--max-pixels; add --tile N (e.g. --tile 512 --overlap {overlap}) or --max-pixels P")
@@ -365,7 +378,7 @@ def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: s
     def load(device: str) -> Translator:
         return Translator.load(model, direction, device=device, precision=precision, use_ema=use_ema,
                                channels_last=channels_last, batch_size=batch_size, tile=tile, overlap=overlap,
-                               max_pixels=max_pixels, tile_norm=tile_norm, norm_stats=norm_stats)
+                               max_pixels=max_pixels, tile_norm=tile_norm, norm_stats=norm_stats, backend=backend)
 
     if torchrun_world() > 1:  # a process of a torchrun job: the ranks share the inputs
         return translate_ranks(plan, load, device=device, out=Path(out), resize=resize, keep_depth=keep_depth,

@@ -190,10 +190,10 @@ def _onnx_info(translator: Translator) -> tuple[dict[str, Any], list[str], dict[
 
 
 def load_model(spec: ModelSpec, *, device: str = "auto", precision: str = "fp32", use_ema: bool = True,
-               max_batch: int = 8, tiling: TileOptions = TileOptions()) -> ServedModel:
+               max_batch: int = 8, tiling: TileOptions = TileOptions(), backend: str | None = None) -> ServedModel:
     """Load every direction of one model; errors name the model and say what to do."""
     kind = model_kind(spec.path)
-    options = dict(device=device, precision=precision, batch_size=max_batch, tile=tiling.tile,
+    options = dict(device=device, precision=precision, backend=backend, batch_size=max_batch, tile=tiling.tile,
                    overlap=tiling.overlap, max_pixels=tiling.tile_above, tile_norm=tiling.tile_norm)
     try:
         if kind == "onnx":
@@ -219,9 +219,13 @@ class ModelTable:
     """The served models by name; `load` loads them all once (it is safe to call again)."""
 
     def __init__(self, specs: list[ModelSpec], *, device: str = "auto", precision: str = "fp32",
-                 use_ema: bool = True, max_batch: int = 8, tiling: TileOptions = TileOptions()):
+                 use_ema: bool = True, max_batch: int = 8, tiling: TileOptions = TileOptions(),
+                 backend: str | None = None):
+        from img2img.inference.choice import check_backend
+
         if max_batch < 1:
             raise Img2ImgError(f"--max-batch {max_batch}: must be >= 1")
+        self.backend = check_backend(backend)
         self.specs = list(specs)
         self.device = device
         self.precision = precision
@@ -245,7 +249,7 @@ class ModelTable:
                 if spec.name not in self.models:
                     self.models[spec.name] = load_model(spec, device=self.device, precision=self.precision,
                                                         use_ema=self.use_ema, max_batch=self.max_batch,
-                                                        tiling=self.tiling)
+                                                        tiling=self.tiling, backend=self.backend)
         return self
 
     def names(self) -> list[str]:

@@ -149,6 +149,10 @@ def _summary(table: ModelTable, console: Console) -> None:
         rows.add_row(model.name, model.kind, str(model.info.get("task") or "?"), ", ".join(model.directions),
                      runs_on)
     console.print(rows)
+    for model in table.models.values():
+        for direction, translator in model.translators.items():
+            for note in translator.notes:  # e.g. what --backend auto chose, and why
+                console.print(f"[yellow]note:[/] {model.name} {direction}: {note}", highlight=False)
 
 
 def _server(config: Any, on_shutdown: Any) -> Any:
@@ -167,7 +171,8 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = 8000, devic
           precision: str = "fp32", use_ema: bool = True, max_batch: int = 8, tiling: TileOptions = TileOptions(),
           settings: ServeSettings | None = None, log_level: str = "info", access_log: bool = True,
           console: Console | None = None, allow_host: list[str] | None = None, header_timeout: float = 10.0,
-          keep_alive_timeout: float = 5.0, graceful_timeout: float = 30.0) -> None:
+          keep_alive_timeout: float = 5.0, graceful_timeout: float = 30.0,
+          backend: str | None = None) -> None:
     """Load `models` (``PATH`` or ``NAME=PATH``) and serve them until Ctrl-C or SIGTERM.
 
     `allow_host` names the Host headers served besides the loopback names (see `allowed_hosts`)."""
@@ -183,7 +188,7 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = 8000, devic
         if not 0 < value <= 3600:
             raise Img2ImgError(f"{flag} {value}: must be more than 0 and at most 3600 seconds")
     table = ModelTable.from_args(models, device=device, precision=precision, use_ema=use_ema, max_batch=max_batch,
-                                 tiling=tiling)
+                                 tiling=tiling, backend=backend)
     with console.status(f"loading {len(table.specs)} model{'s' if len(table.specs) != 1 else ''}"):
         table.load()
     _summary(table, console)

@@ -14,83 +14,47 @@ Installed, it is found through the entry-point group ``img2img`` like any third-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
-
-from pydantic import Field, FilePath
-from torch import nn
 
 from img2img import hookimpl
-
-from img2img_pix2pixhd.networks import GlobalGenerator, LocalEnhancer, MultiscaleDiscriminator, Norm, init_weights
-from img2img_pix2pixhd.vgg import VGGLoss
 
 __version__ = "0.2.0"
 
 __all__ = ["GlobalGenerator", "LocalEnhancer", "MultiscaleDiscriminator", "VGGLoss", "pix2pixhd_global",
            "pix2pixhd_local", "multiscale", "vgg19_perceptual", "__version__"]
 
-Width = Annotated[int, Field(ge=1, le=1024)]
-Depth = Annotated[int, Field(ge=0, le=8)]
-"""A number of stride-2 stages."""
-Blocks = Annotated[int, Field(ge=0, le=64)]
-"""A number of residual blocks."""
+_LAZY = {"GlobalGenerator": "networks", "LocalEnhancer": "networks", "MultiscaleDiscriminator": "networks",
+         "VGGLoss": "vgg", "pix2pixhd_global": "components", "pix2pixhd_local": "components",
+         "multiscale": "components", "vgg19_perceptual": "components"}
 
 
-def pix2pixhd_global(in_channels: int, out_channels: int, *, ngf: Width = 64, n_downsampling: Depth = 4,
-                     n_blocks: Blocks = 9, norm: Norm = "instance") -> nn.Module:
-    """pix2pixHD's global generator G1: residual blocks between n_downsampling stride-2 stages.
+def __getattr__(name: str):
+    """The networks load torch; they are imported when used, so that listing pipelines does not."""
+    if name in _LAZY:
+        import importlib
 
-    Height and width are padded to a multiple of 2**n_downsampling (16 by default).
-    """
-    return init_weights(GlobalGenerator(in_channels, out_channels, ngf=ngf, n_downsampling=n_downsampling,
-                                        n_blocks=n_blocks, norm=norm))
-
-
-def pix2pixhd_local(in_channels: int, out_channels: int, *, ngf: Width = 32,
-                    n_downsample_global: Depth = 4, n_blocks_global: Blocks = 9,
-                    n_local_enhancers: Annotated[int, Field(ge=1, le=3)] = 1, n_blocks_local: Blocks = 3,
-                    norm: Norm = "instance") -> nn.Module:
-    """pix2pixHD's coarse-to-fine generator: G1 at half resolution inside local enhancer(s) G2.
-
-    G1 has ngf * 2**n_local_enhancers channels; sizes are multiples of 2**(n_downsample_global +
-    n_local_enhancers) (32 by default).
-    """
-    return init_weights(LocalEnhancer(in_channels, out_channels, ngf=ngf, n_downsample_global=n_downsample_global,
-                                      n_blocks_global=n_blocks_global, n_local_enhancers=n_local_enhancers,
-                                      n_blocks_local=n_blocks_local, norm=norm))
-
-
-def multiscale(in_channels: int, *, ndf: Width = 64, n_layers: Annotated[int, Field(ge=1, le=6)] = 3,
-               num_d: Annotated[int, Field(ge=1, le=5)] = 3, norm: Norm = "instance") -> nn.Module:
-    """pix2pixHD's multi-scale discriminator: num_d PatchGANs on the image halved 0..num_d-1 times.
-
-    Returns a list of logits maps (one per scale) and exposes its features for feature_matching.
-    """
-    return init_weights(MultiscaleDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, num_d=num_d, norm=norm))
-
-
-def vgg19_perceptual(*, weights: FilePath) -> nn.Module:
-    """pix2pixHD's VGG loss: weighted L1 between VGG-19 relu1_1..relu5_1 features.
-
-    ``weights`` is the path of torchvision's VGG-19 state dict (.pth or .safetensors); it is never
-    downloaded.
-    """
-    return VGGLoss(Path(weights))
+        return getattr(importlib.import_module(f"img2img_pix2pixhd.{_LAZY[name]}"), name)
+    raise AttributeError(name)
 
 
 @hookimpl
 def register_generators(register):
+    from img2img_pix2pixhd.components import pix2pixhd_global, pix2pixhd_local
+
     register("pix2pixhd_global", pix2pixhd_global)
     register("pix2pixhd_local", pix2pixhd_local)
 
 
 @hookimpl
 def register_discriminators(register):
+    from img2img_pix2pixhd.components import multiscale
+
     register("multiscale", multiscale)
 
 
 @hookimpl
 def register_losses(register):
+    from img2img_pix2pixhd.components import vgg19_perceptual
+
     register("vgg19_perceptual", vgg19_perceptual)
 
 

@@ -120,8 +120,14 @@ class Trainer(TrainingState):
         from img2img.data import TrainData
 
         d = self.pipeline.data
+        names = task_cls.domains_for(self.pipeline)
+        domains = None
+        if task_cls.data_kind == "unpaired" and (d.domains is not None or tuple(names) != ("a", "b")):
+            domains = {name: d.folder(name) for name in names}  # the a/b spelling keeps its own path
         data = TrainData(
-            kind=task_cls.data_kind, a=d.a, b=d.b, pairs=d.pairs, direction=d.direction,
+            kind=task_cls.data_kind, a=d.folder("a"), b=d.folder("b"), pairs=d.pairs, direction=d.direction,
+            domains=domains, channels={name: d.channels.of(name) for name in names},
+            yaml_paths={name: d.domain_path(name) for name in names},
             channels_a=d.channels.a, channels_b=d.channels.b, transforms=d.transforms,
             input_transforms=d.input_transforms, seed=self.pipeline.seed, batch_size=self.train.batch_size,
             num_workers=d.num_workers, skip_unreadable=d.skip_unreadable, rank=self.dist.rank,

@@ -4,8 +4,10 @@ The task says what it can score (`Task.val_metrics`) and computes its own scores
 (`Task.validation_scores`: l1/psnr/ssim for paired tasks, cycle_l1 for CycleGAN). kid and fid are
 the engine's, for any task with an a2b translator: `data.val.a` translated a2b, rounded to 8 bits
 as translate would save it, against `data.val.b` (or `data.b` when `val.b` is absent), features on
-the training device in batches (img2img/evaluation/distribution.py). The reference features are
-computed once, when the validator is created.
+the training device in batches (img2img/evaluation/distribution.py). A task of more than two domains
+is scored in each of its `val_directions` (``data.val.<from>`` against ``data.val.<to>``, else the
+training folder of ``<to>``): ``val_kid_<direction>`` each, ``val_kid`` their mean. The reference
+features are computed once, when the validator is created.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def data_notes(pipeline) -> list[str]:
         return []
     notes = []
     for key, folder in data_folders(pipeline.data):
-        if key.startswith("data.test_"):
+        if key.startswith(("data.test_", "data.test.")):
             continue
         try:
             list_images(folder, key)
@@ -87,6 +89,8 @@ class Validator:
     extractor_name: str | None = None
     extractor: nn.Module | None = None
     reference: np.ndarray | None = None
+    directions: tuple[str, ...] = ("a2b",)
+    references: dict[str, np.ndarray] | None = None  # per direction, when scored in several
 
     @classmethod
     def create(cls, trainer) -> Validator | None:
@@ -100,8 +104,10 @@ class Validator:
             p.train.val_metric = metric  # the resolved pipeline (pipeline.yaml, checkpoints) says which
         v = cls(trainer=trainer, metric=metric, every=p.train.val_every or p.train.checkpoint_every,
                 images=load_val_images(p, task_cls.data_kind == "paired"),
-                higher=metric in task_cls.val_higher_is_better)
-        if metric in DISTRIBUTION_METRICS:
+                higher=metric in task_cls.val_higher_is_better, directions=tuple(task_cls.val_directions(p)))
+        if metric in DISTRIBUTION_METRICS and v.directions != ("a2b",):
+            v._prepare_directions(task_cls)
+        elif metric in DISTRIBUTION_METRICS:
             v._prepare_distribution(task_cls)
         else:
             if p.data.val.pairs is not None:
@@ -144,6 +150,40 @@ class Validator:
             f"images against {len(files)} of {where}, every {self.every} steps ({self.reference.shape[1]} features; "
             f"reference computed in {time.perf_counter() - start:.1f} s)", highlight=False, markup=False)
 
+    def _prepare_directions(self, task_cls) -> None:
+        """kid/fid in every direction of `directions`: the reference features of each target domain."""
+        from img2img.config.domains import split_direction
+        from img2img.evaluation import distribution as dist
+
+        trainer, p = self.trainer, self.trainer.pipeline
+        ref = extractor_ref(task_cls, p, self.metric)
+        self.extractor_name = ref["name"]
+        self.extractor = dist.build_extractor(ref).to(trainer.device)
+        start = time.perf_counter()
+        by_domain: dict[str, np.ndarray] = {}
+        self.references = {}
+        wheres = []
+        for direction in self.directions:
+            source, target = split_direction(direction)
+            images = self.images.domains.get(source, [])
+            if target not in by_domain:
+                files, reader, where = domain_reference_files(p, target)
+                wheres.append(f"{where} ({len(files)})")
+                if len(files) < 2:
+                    raise Img2ImgError(f"train.val_metric {self.metric}: {where} needs at least 2 images "
+                                       f"(it has {len(files)})")
+                by_domain[target] = dist.features(dist.batched((reader(f) for f in files), BATCH), self.extractor,
+                                                  trainer.device)
+            if len(images) < 2:
+                raise Img2ImgError(f"train.val_metric {self.metric}: data.val.{source} needs at least 2 images "
+                                   f"(it has {len(images)})")
+            self.references[direction] = by_domain[target]
+        trainer.console.print(
+            f"validation: {self.metric} with {self.extractor_name} in {len(self.directions)} directions "
+            f"({', '.join(self.directions)}; val_{self.metric} is their mean), against {', '.join(wheres)}, every "
+            f"{self.every} steps (references computed in {time.perf_counter() - start:.1f} s)",
+            highlight=False, markup=False)
+
     def due(self, step: int, total: int) -> bool:
         return step % self.every == 0 or step == total
 
@@ -158,11 +198,27 @@ class Validator:
         try:
             with torch.no_grad(), trainer.task.amp.autocast():
                 out = {k: float(v) for k, v in trainer.task.validation_scores(sized, self.images).items()}
-                fakes = self._translate(sized["a2b"]) if self.metric in DISTRIBUTION_METRICS else None
+                fakes = None
+                if self.references is not None:
+                    from img2img.config.domains import split_direction
+
+                    fakes = {d: self._translate(sized[d], self.images.domains[split_direction(d)[0]])
+                             for d in self.directions}
+                elif self.metric in DISTRIBUTION_METRICS:
+                    fakes = self._translate(sized["a2b"])
         finally:
             for d, t in translators.items():
                 t.train(modes[d])
-        if fakes is not None:
+        if isinstance(fakes, dict):
+            from img2img.evaluation import distribution as dist
+
+            for d, images in fakes.items():
+                fake = dist.features(dist.batched(images, BATCH), self.extractor, trainer.device)
+                scored = dist.scores(self.references[d], fake, [self.metric])
+                scored.pop("kid_subset_size", None)
+                out.update({f"{k}_{d}": v for k, v in scored.items()})
+            out[self.metric] = float(np.mean([out[f"{self.metric}_{d}"] for d in fakes]))
+        elif fakes is not None:
             from img2img.evaluation import distribution as dist
 
             fake = dist.features(dist.batched(fakes, BATCH), self.extractor, trainer.device)
@@ -171,11 +227,11 @@ class Validator:
             out.update(scored)
         return out
 
-    def _translate(self, translator: nn.Module) -> list[torch.Tensor]:
+    def _translate(self, translator: nn.Module, images: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         from img2img.evaluation.distribution import batched, quantize
 
         out = []
-        for batch in batched(self.images.a, BATCH):
+        for batch in batched(self.images.a if images is None else images, BATCH):
             y = translator(batch.to(self.trainer.device))
             out.extend(quantize(y.float()).cpu())
         return out
@@ -219,16 +275,37 @@ def load_val_images(p, paired: bool) -> ValImages:
         targets = [to_tensor(left if swap else right) for left, right in halves]
         names = [f.name for f in files]
         return ValImages(a=inputs, b=targets, paired=paired, names_a=names, names_b=list(names))
-    files_a = list_images(val.a, "data.val.a")
+    files_a = list_images(val.a, "data.val.a") if val.a is not None else []
     if paired and val.b is not None:
         pairs = match_pairs(files_a, val.a, list_images(val.b, "data.val.b"), val.b, ("data.val.a", "data.val.b"))
         return ValImages(a=[to_tensor(read_image(a, ch.a)) for a, _ in pairs],
                          b=[to_tensor(read_image(b, ch.b)) for _, b in pairs], paired=True,
                          names_a=[a.name for a, _ in pairs], names_b=[b.name for _, b in pairs])
     files_b = list_images(val.b, "data.val.b") if val.b is not None and not paired else []
-    return ValImages(a=[to_tensor(read_image(f, ch.a)) for f in files_a],
-                     b=[to_tensor(read_image(f, ch.b)) for f in files_b], paired=False,
-                     names_a=[f.name for f in files_a], names_b=[f.name for f in files_b])
+    images = ValImages(a=[to_tensor(read_image(f, ch.a)) for f in files_a],
+                       b=[to_tensor(read_image(f, ch.b)) for f in files_b], paired=False,
+                       names_a=[f.name for f in files_a], names_b=[f.name for f in files_b])
+    if not paired:
+        images.domains = {"a": images.a, "b": images.b}
+        for name, folder in val.folders().items():
+            if name not in ("a", "b"):
+                images.domains[name] = [to_tensor(read_image(f, ch.of(name)))
+                                        for f in list_images(folder, f"data.val.{name}")]
+    return images
+
+
+def domain_reference_files(p, domain: str) -> tuple[list[Path], Callable[[Path], torch.Tensor], str]:
+    """Real images of `domain` for kid/fid: ``data.val.<domain>``, else its training folder."""
+    from img2img.data import list_images, read_image, to_tensor
+
+    data = p.data
+    folder, where = data.val.folder(domain), f"data.val.{domain}"
+    if folder is None:
+        folder, where = data.folder(domain), data.domain_path(domain)
+    if folder is None:
+        raise Img2ImgError(f"kid/fid validation needs real images of domain {domain}: set data.val.{domain}")
+    count = data.channels.of(domain)
+    return list_images(folder, where), lambda f: to_tensor(read_image(f, count)), where
 
 
 def reference_files(p, paired: bool) -> tuple[list[Path], Callable[[Path], torch.Tensor], str]:

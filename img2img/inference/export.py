@@ -46,7 +46,7 @@ PARITY_SHAPES = ((1, 37, 53), (2, 45, 31))  # (batch, height, width): odd sizes,
 # Loading what to export
 
 
-def _load(model: Path, direction: str, use_ema: bool) -> LoadedGenerator:
+def _load(model: Path, direction: str | None, use_ema: bool) -> LoadedGenerator:
     model = Path(model)
     suffix = model.suffix.lower()
     if suffix == ".onnx":
@@ -54,13 +54,13 @@ def _load(model: Path, direction: str, use_ema: bool) -> LoadedGenerator:
                            "or a .safetensors generator")
     if suffix == ".safetensors":
         loaded = load_safetensors_generator(model)
-        if direction != loaded.direction:
+        if direction is not None and direction != loaded.direction:
             raise Img2ImgError(f"{model} holds the {loaded.direction} generator, not {direction}")
         return loaded
     return load_generator(model, direction, use_ema=use_ema)
 
 
-def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, half: bool = False,
+def export(model: Path, out: Path, *, direction: str | None = None, opset: int = 18, half: bool = False,
            fmt: str = "onnx", use_ema: bool = True, check: bool = True, console: Console | None = None,
            norm_stats: str = "running") -> Path:
     """Export the `direction` generator of a run/checkpoint to `out` (ONNX or safetensors); returns `out`.

@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 from img2img.config import GeneratorSpec, PipelineBase
+from img2img.config.domains import split_direction
+from img2img.errors import did_you_mean
 from img2img.precision import Precision
 from img2img.tasks import validation as val
 
@@ -135,7 +137,12 @@ class Task:
     translator_nets: ClassVar[dict[str, str]] = {}
     """direction -> key of the net in `nets` that translates it (the usual case: one generator each)."""
     directions: ClassVar[tuple[str, ...]] = ("a2b", "b2a")
-    """The directions the task translates; defaults to the keys of `translator_nets` when it is set."""
+    """The directions the task translates; defaults to the keys of `translator_nets` when it is set.
+    A task whose directions depend on the pipeline (one per pair of ``data.domains``) overrides
+    `directions_for`; an instance's ``self.directions`` is what `directions_for` gave its pipeline."""
+    domains: ClassVar[tuple[str, ...]] = ("a", "b")
+    """The domains the engine loads for the task (unpaired: batch key = domain name); `img2img validate`
+    requires a folder for each. A task whose domains come from the pipeline overrides `domains_for`."""
     scheduler_interval: ClassVar[str] = "epoch"
     """When the engine steps the learning-rate schedulers: every ``"epoch"`` or every ``"step"``."""
 
@@ -151,6 +158,7 @@ class Task:
         from img2img.registry import get_registry
 
         self.pipeline = pipeline
+        self.directions = tuple(type(self).directions_for(pipeline))
         self.device = torch.device(device)
         self.amp = precision or Precision("fp32", self.device)
         self.registry = registry or get_registry()
@@ -166,6 +174,16 @@ class Task:
         if build:
             self.build()
             self.schedulers = dict(self.configure_schedulers())
+
+    @classmethod
+    def directions_for(cls, pipeline: PipelineBase) -> tuple[str, ...]:
+        """The directions this task translates under `pipeline` (default: the class's ``directions``)."""
+        return tuple(cls.directions)
+
+    @classmethod
+    def domains_for(cls, pipeline: PipelineBase) -> tuple[str, ...]:
+        """The domains the engine loads for this task under `pipeline` (default: the class's ``domains``)."""
+        return tuple(cls.domains)
 
     @classmethod
     def for_inference(cls, pipeline: PipelineBase, *, device: torch.device | str = "cpu") -> Task:
@@ -215,8 +233,10 @@ class Task:
         return unwrap(self.translator(direction))
 
     def channels(self, direction: str) -> tuple[int, int]:
+        """(input, output) channels of `direction`: those of its source and target domain."""
+        source, target = split_direction(direction)
         ch = self.pipeline.data.channels
-        return (ch.a, ch.b) if direction == "a2b" else (ch.b, ch.a)
+        return ch.of(source), ch.of(target)
 
     # -- state beyond nets and optimisers --------------------------------------------------------
     def extra_state(self) -> dict:
@@ -253,7 +273,14 @@ class Task:
         """The metrics `train.val_metric` may name, the default first: paired l1, psnr, ssim, kid, fid;
         unpaired with b2a cycle_l1, kid, fid; unpaired one-direction kid, fid. Extend it together
         with `validation_scores` to offer a metric of your own."""
-        return val.default_metrics(cls)
+        return val.default_metrics(cls, pipeline)
+
+    @classmethod
+    def val_directions(cls, pipeline: PipelineBase) -> tuple[str, ...]:
+        """The directions kid/fid validation translates (each ``data.val.<from>`` against real images of
+        its target domain; ``val_kid`` is their mean, ``val_kid_<direction>`` each). Default: a2b for a
+        task of two domains, every direction for one of more."""
+        return val.default_directions(cls, pipeline)
 
     @classmethod
     def val_extractor_default(cls, pipeline: PipelineBase, metric: str) -> str:
@@ -275,16 +302,52 @@ class Task:
     def validate_data(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
         data = pipeline.data
         if cls.data_kind == "paired":
+            if data.domains is not None:
+                if data.pairs is not None:
+                    return [("data.pairs", "use either data.pairs or data.domains, not both")]
+                return cls.validate_domains(pipeline)
             if data.pairs is None and (data.a is None or data.b is None):
                 return [("data", "set data.a (inputs) and data.b (targets) paired by file name, "
                                  "or data.pairs (a folder of side-by-side AB images)")]
             if data.pairs is not None and (data.a is not None or data.b is not None):
                 return [("data.pairs", "use either data.pairs or data.a/data.b, not both")]
             return []
-        problems = [(f"data.{k}", f"required: the folder of domain {k.upper()} images")
-                    for k in ("a", "b") if getattr(data, k) is None]
-        if data.pairs is not None:
-            problems.append(("data.pairs", f"the {cls.name} task trains on unpaired folders data.a and data.b"))
+        return cls.validate_domains(pipeline)
+
+    @classmethod
+    def validate_domains(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
+        """Every domain the task loads has a folder (and no folder, channel count or validation folder
+        names a domain it does not load); see ``domains_for``."""
+        data = pipeline.data
+        need = list(cls.domains_for(pipeline))
+        given = data.domain_folders()
+        problems: list[tuple[str, str]] = []
+        if data.domains is None and any(d not in ("a", "b") for d in need):
+            listing = ", ".join(f"{d}: FOLDER" for d in need)
+            return [("data.domains", f"required: the {cls.name} task uses domains {', '.join(need)}; "
+                                     f"give data.domains: {{{listing}}}")]
+        for d in need:
+            if given.get(d) is None:
+                problems.append((data.domain_path(d), f"required: the folder of domain {d.upper() if data.domains is None else d} images"))
+        for d in given:
+            if d not in need and given[d] is not None:
+                hint = did_you_mean(d, [n for n in need if n not in given])
+                problems.append((data.domain_path(d), f"the {cls.name} task uses domains {', '.join(need)}, not "
+                                                       f"{d}" + (f"; {hint}" if hint else "")))
+        extra_channels = [d for d in data.channels.named() if d not in ("a", "b")]
+        if data.val is not None and data.val.pairs is None:
+            extra_channels += [f"val.{d}" for d in data.val.folders() if d not in need]
+        for d in extra_channels:
+            name = d.rpartition(".")[2]
+            if name in need:
+                continue
+            hint = did_you_mean(name, need)
+            where = f"data.{d}" if d.startswith("val.") else f"data.channels.{d}"
+            problems.append((where, f"not a domain of this pipeline (domains: {', '.join(need)})"
+                                    + (f"; {hint}" if hint else "")))
+        if data.pairs is not None and cls.data_kind != "paired":
+            problems.append(("data.pairs", f"the {cls.name} task trains on unpaired folders "
+                                           + " and ".join(data.domain_path(d) for d in need)))
         return problems
 
     @classmethod
@@ -372,7 +435,7 @@ class Task:
         """The key in `nets` of the discriminator that judges `direction`, or None (no adversary)."""
         if direction in self.discriminators:
             return self.discriminators[direction]
-        names = [f"d_{direction[-1]}"] + (["d"] if len(self.directions) == 1 else [])
+        names = [f"d_{split_direction(direction)[1]}"] + (["d"] if len(self.directions) == 1 else [])
         return next((name for name in names if name in self.nets), None)
 
     def judge(self, direction: str, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

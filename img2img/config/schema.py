@@ -162,13 +162,6 @@ class DataConfig(StrictModel):
             return {name: value for name in ["a", "b", *names]}
         return value
 
-    @model_validator(mode="after")
-    def _one_spelling(self) -> DataConfig:
-        if self.domains is not None and (self.a is not None or self.b is not None):
-            raise ValueError("data.domains names every domain's folder; give data.a/data.b inside it "
-                             "(data.domains: {a: ..., b: ...}) or use data.a/data.b alone")
-        return self
-
     def domain_folders(self) -> dict[str, Path | None]:
         """The folder of each domain: ``data.domains``, or ``{a: data.a, b: data.b}``."""
         return dict(self.domains) if self.domains is not None else {"a": self.a, "b": self.b}

@@ -301,6 +301,9 @@ class Task:
     @classmethod
     def validate_data(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
         data = pipeline.data
+        if data.domains is not None and (data.a is not None or data.b is not None):
+            return [("data.domains", "give the folders either in data.domains or as data.a/data.b, not both "
+                                     "(data.domains: {a: ..., b: ...} is the same as data.a and data.b)")]
         if cls.data_kind == "paired":
             if data.domains is not None:
                 if data.pairs is not None:

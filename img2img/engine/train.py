@@ -134,7 +134,7 @@ def _ensure_synth(pipeline: PipelineBase, console: Console) -> None:
     problems = synthesize_problems(pipeline.data, data_kind, pipeline.task)
     if problems:
         raise PipelineError(problems, "the pipeline")
-    target = pipeline.data.a or pipeline.data.pairs
+    target = pipeline.data.folder("a") or pipeline.data.pairs
     if target is None:
         return
     root = target.parent

@@ -214,7 +214,7 @@ def default_scores(task: Any, translators: dict[str, nn.Module], val: ValImages)
     if val.paired:
         for x, target in batches(val.a, val.b):
             add(paired_image_scores(_to_unit(translators["a2b"](x.to(device))), _to_unit(target)))
-    elif "a2b" in translators and "b2a" in translators:
+    elif "a2b" in translators and "b2a" in translators and not _many_domains(type(task), task.pipeline):
         for images, there, back in ((val.a, "a2b", "b2a"), (val.b, "b2a", "a2b")):
             for (x,) in batches(images):
                 rec = translators[back](translators[there](x.to(device)))

@@ -50,9 +50,10 @@ def make_stargan_pipeline(root: Path, **sections) -> Path:
     return path
 
 
-@pytest.fixture
-def stargan_pipeline(tmp_path) -> Path:
-    return make_stargan_pipeline(tmp_path)
+@pytest.fixture(scope="session")
+def make_pipeline():
+    """``make_pipeline(root, **sections) -> Path``: the images and a tiny StarGAN pipeline under `root`."""
+    return make_stargan_pipeline
 
 
 @pytest.fixture(scope="module")

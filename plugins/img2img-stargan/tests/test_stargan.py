@@ -16,7 +16,6 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import make_stargan_pipeline
 from img2img.testing import train_steps, write_images
 
 DIRECTIONS = {"a2b", "a2c", "b2a", "b2c", "c2a", "c2b"}
@@ -49,8 +48,8 @@ def test_one_generator_one_discriminator_every_direction(stargan_run):
     assert all(r["d_gp"] > 0 for r in logged)  # WGAN-GP's gradient penalty
 
 
-def test_resume_continues_exactly(tmp_path):
-    pipeline = make_stargan_pipeline(tmp_path)
+def test_resume_continues_exactly(tmp_path, make_pipeline):
+    pipeline = make_pipeline(tmp_path)
     straight = train_steps(pipeline, 4, out=tmp_path / "straight")
     resumed = train_steps(pipeline, 2, out=tmp_path / "resumed", overrides=["train.checkpoint_every=1"])
     train_steps(pipeline, 4, out=resumed, resume=True)
@@ -99,10 +98,10 @@ def test_each_direction_exports_to_one_onnx_graph(stargan_run, tmp_path):
     assert np.abs(outs["a2c"] - outs["b2a"]).max() > 1e-3
 
 
-def test_kid_validation_in_every_direction(tmp_path):
+def test_kid_validation_in_every_direction(tmp_path, make_pipeline):
     for domain in ("a", "b", "c"):
         write_images(tmp_path / "val" / domain, 3, 20, seed=10 + ord(domain))
-    pipeline = make_stargan_pipeline(
+    pipeline = make_pipeline(
         tmp_path, data={"domains": {"a": "a", "b": "b", "c": "c"}, "num_workers": 0,
                         "transforms": [{"RandomCrop": {"height": 16, "width": 16}}],
                         "val": {"a": "val/a", "b": "val/b", "c": "val/c"}},
@@ -182,8 +181,8 @@ def test_serve_offers_every_direction(stargan_run, tmp_path):
         log.close()
 
 
-def test_trains_under_nproc_2_and_resumes_on_one_process(tmp_path):
-    pipeline = make_stargan_pipeline(tmp_path)
+def test_trains_under_nproc_2_and_resumes_on_one_process(tmp_path, make_pipeline):
+    pipeline = make_pipeline(tmp_path)
     run = tmp_path / "run"
     result = img2img("train", pipeline, "--nproc", "2", "--out", run, "--set", "train.max_steps=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -194,8 +193,8 @@ def test_trains_under_nproc_2_and_resumes_on_one_process(tmp_path):
     assert [r["step"] for r in rows(run) if "d_adv" in r] == [1, 2, 3]
 
 
-def test_validate_explains_what_stargan_needs(tmp_path):
-    pipeline = make_stargan_pipeline(tmp_path)
+def test_validate_explains_what_stargan_needs(tmp_path, make_pipeline):
+    pipeline = make_pipeline(tmp_path)
     raw = yaml.safe_load(pipeline.read_text())
     raw["data"]["domains"] = {"a": "a"}
     raw["data"]["channels"] = {"a": 1}

@@ -315,7 +315,8 @@ class Trainer(TrainingState):
 
     def _check_sizes(self) -> None:
         """Images that the translators cannot take: say so before the first step, not mid-forward."""
-        h, w = self.fixed_batch["a"].shape[-2:]
+        first = next(v for v in self.fixed_batch.values() if torch.is_tensor(v) and v.dim() == 4)  # a or any domain
+        h, w = first.shape[-2:]
         for d in self.task.directions:
             multiple = ckpt_io.size_multiple(self.task.translator(d))
             if h % multiple or w % multiple:

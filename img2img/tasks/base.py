@@ -37,9 +37,8 @@ from torch import nn
 
 from img2img.config import GeneratorSpec, PipelineBase
 from img2img.config.domains import split_direction
-from img2img.errors import did_you_mean
 from img2img.precision import Precision
-from img2img.tasks import validation as val
+from img2img.tasks import data_checks, validation as val
 
 
 class ImagePool:
@@ -300,58 +299,14 @@ class Task:
 
     @classmethod
     def validate_data(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
-        data = pipeline.data
-        if data.domains is not None and (data.a is not None or data.b is not None):
-            return [("data.domains", "give the folders either in data.domains or as data.a/data.b, not both "
-                                     "(data.domains: {a: ..., b: ...} is the same as data.a and data.b)")]
-        if cls.data_kind == "paired":
-            if data.domains is not None:
-                if data.pairs is not None:
-                    return [("data.pairs", "use either data.pairs or data.domains, not both")]
-                return cls.validate_domains(pipeline)
-            if data.pairs is None and (data.a is None or data.b is None):
-                return [("data", "set data.a (inputs) and data.b (targets) paired by file name, "
-                                 "or data.pairs (a folder of side-by-side AB images)")]
-            if data.pairs is not None and (data.a is not None or data.b is not None):
-                return [("data.pairs", "use either data.pairs or data.a/data.b, not both")]
-            return []
-        return cls.validate_domains(pipeline)
+        """The data section suits the task: paired folders or pairs, or a folder per domain it loads."""
+        return data_checks.check_data(cls, pipeline)
 
     @classmethod
     def validate_domains(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
-        """Every domain the task loads has a folder (and no folder, channel count or validation folder
-        names a domain it does not load); see ``domains_for``."""
-        data = pipeline.data
-        need = list(cls.domains_for(pipeline))
-        given = data.domain_folders()
-        problems: list[tuple[str, str]] = []
-        if data.domains is None and any(d not in ("a", "b") for d in need):
-            listing = ", ".join(f"{d}: FOLDER" for d in need)
-            return [("data.domains", f"required: the {cls.name} task uses domains {', '.join(need)}; "
-                                     f"give data.domains: {{{listing}}}")]
-        for d in need:
-            if given.get(d) is None:
-                problems.append((data.domain_path(d), f"required: the folder of domain {d.upper() if data.domains is None else d} images"))
-        for d in given:
-            if d not in need and given[d] is not None:
-                hint = did_you_mean(d, [n for n in need if n not in given])
-                problems.append((data.domain_path(d), f"the {cls.name} task uses domains {', '.join(need)}, not "
-                                                       f"{d}" + (f"; {hint}" if hint else "")))
-        extra_channels = [d for d in data.channels.named() if d not in ("a", "b")]
-        if data.val is not None and data.val.pairs is None:
-            extra_channels += [f"val.{d}" for d in data.val.folders() if d not in need]
-        for d in extra_channels:
-            name = d.rpartition(".")[2]
-            if name in need:
-                continue
-            hint = did_you_mean(name, need)
-            where = f"data.{d}" if d.startswith("val.") else f"data.channels.{d}"
-            problems.append((where, f"not a domain of this pipeline (domains: {', '.join(need)})"
-                                    + (f"; {hint}" if hint else "")))
-        if data.pairs is not None and cls.data_kind != "paired":
-            problems.append(("data.pairs", f"the {cls.name} task trains on unpaired folders "
-                                           + " and ".join(data.domain_path(d) for d in need)))
-        return problems
+        """Every domain the task loads (``domains_for``) has a folder, and no folder, channel count or
+        validation folder names a domain it does not load."""
+        return data_checks.check_domains(cls, pipeline)
 
     @classmethod
     def validate_size_multiple(cls, pipeline: PipelineBase, path: str, spec: GeneratorSpec) -> list[tuple[str, str]]:

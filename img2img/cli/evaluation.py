@@ -39,7 +39,7 @@ def evaluate(
                                                   help="Images per KID subset (default: min(1000, set sizes))."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per feature batch."),
     model: Optional[Path] = typer.Option(None, "--model", help="Translate the pipeline's test folder with this run first."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Pipeline whose data.test_a/test_b to use with --model."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Pipeline whose test folders to use with --model (data.test_a/test_b, data.test.<domain>)."),
     direction: Optional[str] = direction_option(),
     channels: int = typer.Option(3, "--channels", help="Channels to compare (1, 3 or 4)."),
     device: str = typer.Option("cpu", "--device"),
@@ -76,9 +76,8 @@ def evaluate(
 
 def _translate_test_split(model: Path, data: Optional[Path], direction: str, out: Optional[Path]):
     from img2img.config import load_pipeline
-    from img2img.inference.translator import translate_inputs
-
     from img2img.config.domains import split_direction
+    from img2img.inference.translator import translate_inputs
 
     if data is None:
         raise Img2ImgError("--model needs --data PIPELINE (its data.test_a and data.test_b are used)")

@@ -127,9 +127,10 @@ def contract(fake_distribution):
 def triad_pipeline(root: Path, **train) -> Path:
     write_images(root / "A", 6, 36, seed=1, colour=(220, 120, 60))
     write_images(root / "B", 6, 36, seed=2, colour=(40, 90, 200))
-    write_images(root / "C", 4, 36, seed=3, colour=(60, 200, 80))
+    write_images(root / "C", 6, 36, seed=3, colour=(60, 200, 80))
     raw = {"task": "triad", "name": "triad", "seed": 0,
            "data": {"domains": {"a": "A", "b": "B", "c": "C"}, "channels": {"c": 1}, "num_workers": 0,
+                    "test_a": "A", "test": {"c": "C"},
                     "transforms": [{"RandomCrop": {"height": 32, "width": 32}}]},
            "train": {"max_steps": 4, "log_every": 1, "sample_every": 2, "checkpoint_every": 2, **train}}
     path = root / "triad.yaml"
@@ -158,6 +159,12 @@ def test_a_task_declaring_three_domains_gets_them_from_the_engine(contract, tmp_
     result = invoke("translate", tmp_path / "photos", "--model", straight, "-d", "a2c", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out" / "img000.png").mode == "L"  # domain c has one channel
+    result = invoke("evaluate", tmp_path / "eval-a2c", "--model", straight, "--data", path, "-d", "a2c",
+                    "--metrics", "psnr", "--channels", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "eval-a2c").glob("*.png"))) == 6  # data.test_a translated a2c, scored against data.test.c
+    message = user_error(invoke("evaluate", tmp_path / "eval-c2b", "--model", straight, "--data", path, "-d", "c2b"),
+                         "set data.test.c and data.test_b")
 
     broken = yaml.safe_load(path.read_text())
     del broken["data"]["domains"]["c"]

@@ -88,8 +88,9 @@ def test_an_unreadable_file_of_a_third_domain_is_named_or_skipped(folders):
     assert [p.name for p, _ in data.check()] == ["broken.png"] and len(data.files_of("c")) == 4
 
 
-def test_data_domains_a_b_train_bit_identically_to_data_a_b(tmp_path):
-    spelled = tiny_pipeline(tmp_path / "ab")
+@pytest.mark.parametrize("task", ["cyclegan", "pix2pix"])
+def test_data_domains_a_b_train_bit_identically_to_data_a_b(task, tmp_path):
+    spelled = tiny_pipeline(tmp_path / "ab", task)
     raw = yaml.safe_load(spelled.read_text())
     raw["data"]["domains"] = {"a": raw["data"].pop("a"), "b": raw["data"].pop("b")}
     as_domains = tmp_path / "domains.yaml"

@@ -233,8 +233,10 @@ class Task:
 
     def channels(self, direction: str) -> tuple[int, int]:
         """(input, output) channels of `direction`: those of its source and target domain."""
-        source, target = split_direction(direction)
         ch = self.pipeline.data.channels
+        if "2" not in direction:  # not <from>2<to>: as img2img 0.2 read it
+            return (ch.a, ch.b) if direction == "a2b" else (ch.b, ch.a)
+        source, target = split_direction(direction)
         return ch.of(source), ch.of(target)
 
     # -- state beyond nets and optimisers --------------------------------------------------------
@@ -304,8 +306,7 @@ class Task:
 
     @classmethod
     def validate_domains(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
-        """Every domain the task loads (``domains_for``) has a folder, and no folder, channel count or
-        validation folder names a domain it does not load."""
+        """A folder for every domain the task loads (``domains_for``), and none for another."""
         return data_checks.check_domains(cls, pipeline)
 
     @classmethod
@@ -393,7 +394,7 @@ class Task:
         """The key in `nets` of the discriminator that judges `direction`, or None (no adversary)."""
         if direction in self.discriminators:
             return self.discriminators[direction]
-        names = [f"d_{split_direction(direction)[1]}"] + (["d"] if len(self.directions) == 1 else [])
+        names = [f"d_{direction.rpartition('2')[2]}"] + (["d"] if len(self.directions) == 1 else [])
         return next((name for name in names if name in self.nets), None)
 
     def judge(self, direction: str, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

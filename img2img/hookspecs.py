@@ -71,7 +71,8 @@ def register_tasks(register):
     ``TaskClass`` subclasses ``img2img.tasks.Task``: it names its pipeline model (``Pipeline``),
     builds its networks from the registry, performs one optimisation step on a batch, and says how
     the translator of each direction is made from its networks (``translator_nets``, or
-    ``translator()`` / ``build_translator()`` for one composed of several). The engine gives it
+    ``translator()`` / ``build_translator()`` for one composed of several), and which domains it loads
+    (``domains``, the batch's keys) and directions (``<from>2<to>``) it translates. The engine gives it
     validation, EMA, exact resume, samples, translate, export, serve and torchrun. See
     ``img2img/tasks/base.py`` for the whole contract. What its validation can score is ``val_metrics`` /
     ``validation_scores`` (``img2img/tasks/validation.py``); kid and fid come from the engine for any task

@@ -136,3 +136,38 @@ def test_the_testing_snippet_in_plugins_readme_runs(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "1 passed" in done.stdout
+
+
+def test_the_more_than_two_domains_snippet_runs(tmp_path):
+    """plugins/README.md's "More than two domains": its task and its YAML as written train, validate kid in
+    every direction and translate night2dusk."""
+    import importlib.util
+    import json
+    import re
+
+    import yaml
+
+    from img2img.inference.translator import Translator
+    from img2img.testing import registered, train_steps, write_images
+
+    text = (ROOT / "plugins" / "README.md").read_text()
+    code = next(c for c in re.findall(r"```python\n(.*?)```", text, re.S) if "class Recolour" in c)
+    pipeline = next(c for c in re.findall(r"```yaml\n(.*?)```", text, re.S) if "task: recolour" in c)
+    (tmp_path / "recolour_plugin.py").write_text(code)
+    spec = importlib.util.spec_from_file_location("recolour_plugin", tmp_path / "recolour_plugin.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    raw = yaml.safe_load(pipeline)
+    for i, (folder, kind) in enumerate((f, k) for k in ("domains", "val") for f in raw["data"][k].values()):
+        write_images(tmp_path / folder, 3, 24, seed=i, colour=(40 * i, 200 - 20 * i, 90))
+    (tmp_path / "recolour.yaml").write_text(pipeline)
+    with registered(module):
+        run = train_steps(tmp_path / "recolour.yaml", 2, out=tmp_path / "run", overrides=[
+            "data.num_workers=0", "train.val_every=2", "train.checkpoint_every=2", "train.sample_every=2"])
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        val = next(r for r in rows if "val_kid" in r)
+        assert {"val_kid_day2dusk", "val_kid_night2dusk", "val_kid_dusk2day"} <= set(val)
+        translator = Translator.load(run, "night2dusk", device="cpu")
+        assert translator.direction == "night2dusk"
+        with pytest.raises(Exception, match="did you mean 'night2dusk'"):
+            Translator.load(run, "nite2dusk", device="cpu")

@@ -219,3 +219,19 @@ def test_extraction_merges_into_existing_folders(tmp_path):
     not_archive.write_text("<html>error</html>")
     with pytest.raises(Img2ImgError, match="not a zip or tar archive"):
         synth.extract_archive(not_archive, out)
+
+
+def test_shapes3_writes_three_domains_that_data_domains_can_name(tmp_path):
+    from img2img.config import DataConfig
+    from img2img.datasets.synth import synthesize, synthesize_problems, synthetic_dataset
+
+    out = synthesize("shapes3", tmp_path / "s3", count=2)
+    assert sorted(p.name for p in out.iterdir()) == ["README.txt", "testA", "testB", "testC",
+                                                     "trainA", "trainB", "trainC"]
+    assert synthetic_dataset(out) == {"name": "shapes3", "train": 2, "test": 2}
+    c = np.asarray(Image.open(out / "trainC" / "0000.png").convert("RGB"), dtype=float)
+    assert c[..., 1].mean() > c[..., 0].mean()  # green shapes on grey
+    good = DataConfig(synthesize="shapes3", domains={d: out / f"train{d.upper()}" for d in "abc"})
+    assert synthesize_problems(good, "unpaired", "stargan") == []
+    bad = DataConfig(synthesize="shapes3", domains={"a": out / "trainA", "d": out / "trainD"})
+    assert [p for p, _ in synthesize_problems(bad, "unpaired", "stargan")] == ["data.domains.d"]

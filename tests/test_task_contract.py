@@ -90,7 +90,7 @@ def test_one_direction_task_gets_the_whole_engine(contract, tmp_path):
     assert contract_tasks.BUILT["critic"] == built, "translate and export built a discriminator"
     result = invoke("translate", tmp_path / "photos", "--model", straight, "--direction", "b2a", "--out",
                     tmp_path / "nope")
-    assert result.exit_code == 1 and "translates a2b only" in result.output
+    assert result.exit_code == 1 and "translates a2b, not b2a" in result.output
 
 
 def test_translator_made_of_two_networks(contract, tmp_path):
@@ -215,3 +215,50 @@ def test_fp16_step_whose_every_update_was_skipped(tmp_path):
     amp.update()
     assert amp.scaler.get_scale() < scale  # an inf gradient halves the scale as usual
     assert np.isfinite(layer.weight.detach().numpy()).all()
+
+
+def test_three_domain_task_written_for_0_2_reaches_every_direction(contract, tmp_path, monkeypatch):
+    """A task that holds its third folder in its own section (img2img 0.2's only way): the folder resolves
+    against the YAML file like data.*, and translate/export/serve reach all six directions."""
+    import onnx
+    import onnxruntime as ort
+
+    from img2img.engine.checkpoint import load_translator
+    from img2img.inference.serve.models import ModelTable
+
+    path = pipeline(tmp_path, "trio")
+    write_images(tmp_path / "C", 4, 36, seed=3, colour=(60, 200, 80))
+    path.write_text(path.read_text() + "third:\n  folder: C\n")  # relative to the YAML file
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert invoke("validate", path).exit_code == 0
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    result = invoke("train", path, "--out", straight)
+    assert result.exit_code == 0, result.output
+    assert invoke("train", path, "--out", resumed, "--set", "train.max_steps=2").exit_code == 0
+    assert invoke("train", "--resume", resumed, "--set", "train.max_steps=4").exit_code == 0
+    assert losses(resumed, ("d", "adv", "rec")) == losses(straight, ("d", "adv", "rec"))
+
+    write_images(tmp_path / "photos", 1, 37, seed=5)
+    for direction in ("a2c", "c2b"):
+        result = invoke("translate", tmp_path / "photos", "--model", straight, "-d", direction,
+                        "--out", tmp_path / direction)
+        assert result.exit_code == 0, result.output
+        assert Image.open(tmp_path / direction / "img000.png").size == (37, 37)
+    result = invoke("translate", tmp_path / "photos", "--model", straight, "-d", "b2cc", "--out", tmp_path / "no")
+    assert result.exit_code == 1 and "did you mean 'b2c'?" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "no").exists()
+
+    result = invoke("export", straight, "--direction", "c2a", "--out", tmp_path / "c2a.onnx")
+    assert result.exit_code == 0, result.output
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "c2a.onnx")).metadata_props}
+    assert meta["direction"] == "c2a"
+    torch_c2a = load_translator(straight, "c2a").module
+    x = torch.rand(1, 3, 34, 30) * 2 - 1
+    onnx_out = ort.InferenceSession(str(tmp_path / "c2a.onnx")).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(onnx_out - torch_c2a(x).numpy()).max() <= 1e-4
+
+    served = ModelTable.from_args([f"trio={straight}"], device="cpu").load().models["trio"]
+    assert set(served.translators) == {"a2b", "b2a", "a2c", "c2a", "b2c", "c2b"}

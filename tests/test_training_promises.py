@@ -278,7 +278,7 @@ def test_data_synthesize_is_checked_by_validate(tiny_cyclegan, tiny_pix2pix, tmp
     assert invoke("validate", tiny_cyclegan, "--set", "data.synthesize=shapes", *good).exit_code == 0
     user_error(invoke("validate", tiny_cyclegan, "--set", "data.synthesize=shapez", *good),
                "data.synthesize (--set): unknown synthetic dataset 'shapez' (did you mean 'shapes'?); available: shapes "
-               "(unpaired), outlines (paired)")
+               "(unpaired), outlines (paired), shapes3 (unpaired)")
     user_error(invoke("validate", tiny_pix2pix, "--set", "data.synthesize=shapes", *good),
                "data.synthesize (--set): 'shapes' is unpaired data, but the pix2pix task trains on paired data; use "
                "outlines")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from img2img.cli.base import app, console, print_message, report_user_errors, usage_error
-from img2img.cli.inference import Direction
+from img2img.cli.inference import direction_option
 from img2img.errors import Img2ImgError
 
 
@@ -51,8 +51,8 @@ def evaluate(
                                                   help="Images per KID subset (default: min(1000, set sizes))."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per feature batch."),
     model: Optional[Path] = typer.Option(None, "--model", help="Translate the pipeline's test folder with this run first."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Pipeline whose data.test_a/test_b to use with --model."),
-    direction: Direction = typer.Option(Direction.a2b, "--direction", "-d"),
+    data: Optional[Path] = typer.Option(None, "--data", help="Pipeline whose test folders to use with --model (data.test_a/test_b, data.test.<domain>)."),
+    direction: Optional[str] = direction_option(),
     channels: int = typer.Option(3, "--channels", help="Channels to compare (1, 3 or 4)."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
@@ -82,7 +82,7 @@ def evaluate(
         raise usage_error(f"Missing argument {missing}: give PRED_DIR and TARGET_DIR (or --ref-stats FILE.npz), or "
                           "--model RUN --data PIPELINE")
     if model is not None:
-        pred_dir, target_dir = _translate_test_split(model, data, direction.value, pred_dir)
+        pred_dir, target_dir = _translate_test_split(model, data, direction or "a2b", pred_dir)
         if ref_stats is not None:
             target_dir = None
     if pred_dir is None or (target_dir is None and ref_stats is None):
@@ -129,14 +129,20 @@ def _save_stats(folder: Optional[Path], extra: Optional[Path], out: Path, extrac
 
 def _translate_test_split(model: Path, data: Optional[Path], direction: str, out: Optional[Path]):
     from img2img.config import load_pipeline
+    from img2img.config.domains import split_direction
     from img2img.inference.translator import translate_inputs
 
     if data is None:
         raise Img2ImgError("--model needs --data PIPELINE (its data.test_a and data.test_b are used)")
     p = load_pipeline(data)
-    src, ref = (p.data.test_a, p.data.test_b) if direction == "a2b" else (p.data.test_b, p.data.test_a)
+    try:
+        source, target = split_direction(direction)
+    except ValueError as exc:
+        raise Img2ImgError(f"--direction {exc}") from None
+    src, ref = p.data.test_folder(source), p.data.test_folder(target)
     if src is None or ref is None:
-        raise Img2ImgError(f"{data}: set data.test_a and data.test_b to evaluate with --model")
+        wanted = " and ".join(p.data.test_path(d) for d in (source, target))
+        raise Img2ImgError(f"{data}: set {wanted} to evaluate {direction} with --model")
     out = out or Path("runs") / f"eval-{p.name}-{direction}"
     translate_inputs([src], model=model, out=out, direction=direction, overwrite=True, console=console)
     return out, ref

@@ -11,9 +11,13 @@ import typer
 from img2img.cli.base import app, console, report_user_errors
 
 
-class Direction(str, Enum):
-    a2b = "a2b"
-    b2a = "b2a"
+DIRECTION_HELP = ("<from>2<to>: any direction the model's task translates (a2b, b2a, a2c, ...; img2img serve lists "
+                  "them). Default: a2b, or the task's first direction.")
+
+
+def direction_option() -> Optional[str]:
+    return typer.Option(None, "--direction", "-d", help=DIRECTION_HELP, show_default=False)
+
 
 class Precision(str, Enum):
     fp32 = "fp32"
@@ -44,7 +48,7 @@ def translate(
     model: Path = typer.Option(..., "--model", "-m",
                                help="Run folder, checkpoint (.pt), or an exported .onnx or .safetensors file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (mirrors the input's relative paths)."),
-    direction: Direction = typer.Option(Direction.a2b, "--direction", "-d", help="a2b or b2a."),
+    direction: Optional[str] = direction_option(),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per batch (equal sizes batch together)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
     precision: str = typer.Option("fp32", "--precision",
@@ -84,7 +88,7 @@ def translate(
         exec_torchrun(nproc, "translation", ended="ended")
 
     report = translate_inputs(
-        inputs, model=model, out=out, direction=direction.value, batch_size=batch_size, device=device,
+        inputs, model=model, out=out, direction=direction, batch_size=batch_size, device=device,
         precision=precision, tile=tile, overlap=overlap, max_pixels=max_pixels, tile_norm=tile_norm,
         fmt=fmt.value if fmt else None, resize=resize, keep_depth=keep_depth, overwrite=overwrite,
         use_ema=not no_ema, channels_last=channels_last, console=console,
@@ -102,7 +106,7 @@ class ExportFormat(str, Enum):
 def export(
     model: Path = typer.Argument(..., help="Run folder, checkpoint (.pt) or .safetensors export."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx, or .safetensors with --format)."),
-    direction: Direction = typer.Option(Direction.a2b, "--direction", "-d", help="a2b or b2a."),
+    direction: Optional[str] = direction_option(),
     opset: int = typer.Option(18, "--opset", min=17, help="ONNX opset."),
     half: bool = typer.Option(False, "--half", help="Store float16 weights (inputs and outputs stay float32)."),
     fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx or safetensors."),
@@ -124,7 +128,7 @@ def export(
     """Export a generator to ONNX (checked against torch; float32, --half or --int8) or safetensors."""
     from img2img.inference.export import export as run_export
 
-    run_export(model, out, direction=direction.value, opset=opset, half=half, fmt=fmt.value,
+    run_export(model, out, direction=direction, opset=opset, half=half, fmt=fmt.value,
                use_ema=not no_ema, check=not no_check, console=console, norm_stats=norm_stats.value,
                overwrite=overwrite, int8=int8, calibrate=calibrate, force=force, min_psnr=min_psnr)
 

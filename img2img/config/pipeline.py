@@ -210,6 +210,8 @@ def _fill_component_defaults(model: BaseModel, registry) -> None:
 
 
 def _resolve_paths(pipeline: PipelineBase, base_dir: Path) -> None:
+    """Relative paths resolve against `base_dir` (the YAML file's folder): ``data.*``, the folders of
+    ``data.domains`` and ``data.val``, and every ``Path`` field of a task's own sections."""
     def resolve(p: Path | None) -> Path | None:
         if p is None:
             return None
@@ -219,10 +221,35 @@ def _resolve_paths(pipeline: PipelineBase, base_dir: Path) -> None:
     data = pipeline.data
     for f in PATH_FIELDS:
         setattr(data, f, resolve(getattr(data, f)))
+    if data.test is not None:
+        data.test = {name: resolve(folder) for name, folder in data.test.items()}
+    if data.domains is not None:
+        data.domains = {name: resolve(folder) for name, folder in data.domains.items()}
     if data.val is not None:
         data.val.a = resolve(data.val.a)
         data.val.b = resolve(data.val.b)
         data.val.pairs = resolve(data.val.pairs)
+        extra = data.val.__pydantic_extra__ or {}
+        for name in list(extra):
+            extra[name] = resolve(Path(extra[name]))
+    for name in type(pipeline).model_fields:
+        if name != "data":
+            setattr(pipeline, name, _resolve_own_paths(getattr(pipeline, name), resolve))
+
+
+def _resolve_own_paths(value: Any, resolve) -> Any:
+    """`value` with its relative ``Path`` values resolved (in models, lists and dicts)."""
+    if isinstance(value, Path):
+        return resolve(value)
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            setattr(value, name, _resolve_own_paths(getattr(value, name), resolve))
+        return value
+    if isinstance(value, list):
+        return [_resolve_own_paths(v, resolve) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve_own_paths(v, resolve) for k, v in value.items()}
+    return value
 
 
 def _format_errors(exc: ValidationError, model_cls: type[BaseModel]) -> list[tuple[str, str]]:

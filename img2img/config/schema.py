@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from img2img.config.domains import check_domain_name
 from img2img.config.health import HealthMode, HealthThresholds
 
 Direction = Literal["a2b", "b2a"]
@@ -66,31 +67,71 @@ class LossSpec(ComponentSpec):
     weight: float = Field(1.0, ge=0)
 
 
-class Channels(StrictModel):
+class Channels(BaseModel):
+    """``data.channels``: 1, 3 or 4 per domain (``a`` and ``b``, and any other domain of
+    ``data.domains``), or one number for every domain."""
+
+    model_config = ConfigDict(extra="allow")
     a: Literal[1, 3, 4] = 3
     b: Literal[1, 3, 4] = 3
 
+    @model_validator(mode="after")
+    def _counts_of_other_domains(self) -> Channels:
+        for name, value in (self.__pydantic_extra__ or {}).items():
+            check_domain_name(name)
+            if value not in (1, 3, 4) or isinstance(value, bool):
+                raise ValueError(f"data.channels.{name}: use 1, 3 or 4 (got {value!r})")
+        return self
 
-class ValConfig(StrictModel):
-    """``data.val``: folders ``a`` (and ``b``), or ``pairs`` of side-by-side AB images (split like
-    ``data.pairs``, ``data.direction`` saying which half is the input)."""
+    def of(self, domain: str) -> int:
+        """The channel count of `domain` (3 for a domain not listed)."""
+        if domain in ("a", "b"):
+            return getattr(self, domain)
+        return int((self.__pydantic_extra__ or {}).get(domain, 3))
 
+    def named(self) -> list[str]:
+        """The domains listed, ``a`` and ``b`` first."""
+        return ["a", "b", *(self.__pydantic_extra__ or {})]
+
+
+class ValConfig(BaseModel):
+    """``data.val``: a folder per domain (``a``, ``b`` and any other domain of ``data.domains``), or
+    ``pairs`` of side-by-side AB images (split like ``data.pairs``, ``data.direction`` saying which half
+    is the input). Paired tasks match ``a`` and ``b`` by file name."""
+
+    model_config = ConfigDict(extra="allow")
     a: Path | None = None
     b: Path | None = None
     pairs: Path | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ValConfig:
-        if self.pairs is not None and (self.a is not None or self.b is not None):
+        extra = self.__pydantic_extra__ or {}
+        for name, value in list(extra.items()):
+            check_domain_name(name)
+            if not isinstance(value, (str, Path)):
+                raise ValueError(f"data.val.{name}: a folder of images (got {value!r})")
+            extra[name] = Path(value)
+        if self.pairs is not None and (self.a is not None or self.b is not None or extra):
             raise ValueError("data.val.pairs holds both halves of each image; give it alone, without data.val.a/b")
-        if self.pairs is None and self.a is None:
+        if self.pairs is None and self.a is None and not extra:
             raise ValueError("give data.val.a (and data.val.b), or data.val.pairs (side-by-side AB images)")
         return self
+
+    def folders(self) -> dict[str, Path]:
+        """The validation folder of each domain given."""
+        named = {"a": self.a, "b": self.b, **(self.__pydantic_extra__ or {})}
+        return {k: Path(v) for k, v in named.items() if v is not None}
+
+    def folder(self, domain: str) -> Path | None:
+        return self.folders().get(domain)
 
 
 class DataConfig(StrictModel):
     a: Path | None = None
     b: Path | None = None
+    domains: dict[str, Path] | None = None
+    """The folder of each domain by name; ``data.a``/``data.b`` are the two-domain spelling of ``{a:, b:}``."""
     pairs: Path | None = None
     direction: Direction = "a2b"
     channels: Channels = Field(default_factory=Channels)
@@ -98,15 +139,48 @@ class DataConfig(StrictModel):
     input_transforms: list[dict[str, Any]] = Field(default_factory=list)
     test_a: Path | None = None
     test_b: Path | None = None
+    test: dict[str, Path] | None = None
+    """Test folders of further domains by name (``data.test_a``/``data.test_b`` hold a's and b's)."""
     val: ValConfig | None = None
     synthesize: str | None = None
     skip_unreadable: bool = False
     num_workers: int = Field(2, ge=0)
 
+    @field_validator("domains")
+    @classmethod
+    def _domain_names(cls, value: dict[str, Path] | None) -> dict[str, Path] | None:
+        if value is not None:
+            for name in value:
+                check_domain_name(name)
+        return value
+
     @field_validator("channels", mode="before")
     @classmethod
-    def _one_number_for_both(cls, value: Any) -> Any:
-        return {"a": value, "b": value} if isinstance(value, int) else value
+    def _one_number_for_all(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            names = list((info.data.get("domains") or {}))
+            return {name: value for name in ["a", "b", *names]}
+        return value
+
+    def domain_folders(self) -> dict[str, Path | None]:
+        """The folder of each domain: ``data.domains``, or ``{a: data.a, b: data.b}``."""
+        return dict(self.domains) if self.domains is not None else {"a": self.a, "b": self.b}
+
+    def folder(self, domain: str) -> Path | None:
+        return self.domain_folders().get(domain)
+
+    def test_folder(self, domain: str) -> Path | None:
+        """The test folder of `domain` (``data.test_a``/``test_b``, or ``data.test.<domain>``)."""
+        if domain in ("a", "b") and getattr(self, f"test_{domain}") is not None:
+            return getattr(self, f"test_{domain}")
+        return (self.test or {}).get(domain)
+
+    def test_path(self, domain: str) -> str:
+        return f"data.test_{domain}" if domain in ("a", "b") else f"data.test.{domain}"
+
+    def domain_path(self, domain: str) -> str:
+        """The YAML path of a domain's folder: ``data.domains.c`` or ``data.a``."""
+        return f"data.domains.{domain}" if self.domains is not None else f"data.{domain}"
 
 
 class TrainConfig(StrictModel):

@@ -12,10 +12,13 @@ from img2img.errors import Img2ImgError
 def data_folders(data, prefix: str = "data") -> list[tuple[str, Path]]:
     """Every folder a pipeline's ``data`` section reads, with its dotted path (``data.val.a`` too)."""
     found: list[tuple[str, Path]] = []
-    for name in type(data).model_fields:
-        value = getattr(data, name)
+    fields = {name: getattr(data, name) for name in type(data).model_fields}
+    fields.update(getattr(data, "__pydantic_extra__", None) or {})  # data.val.<domain>
+    for name, value in fields.items():
         if isinstance(value, Path):
             found.append((f"{prefix}.{name}", value))
+        elif isinstance(value, dict):  # data.domains, data.test
+            found += [(f"{prefix}.{name}.{k}", v) for k, v in value.items() if isinstance(v, Path)]
         elif hasattr(type(value), "model_fields"):
             found += data_folders(value, f"{prefix}.{name}")
     return found

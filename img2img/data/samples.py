@@ -30,12 +30,13 @@ _PERMUTATION = 0x5EED  # stream tag for epoch permutations
 class _Samples(Dataset):
     """Loads and augments one sample from a (stream, epoch, position) key; picklable for workers."""
 
-    def __init__(self, *, kind: str, files_a: list[Path], files_b: list[Path], pairs: list[tuple[Path, Path]],
+    def __init__(self, *, kind: str, files: dict[str, list[Path]], pairs: list[tuple[Path, Path]],
                  ab_files: list[Path], swap_ab: bool, channels_a: int, channels_b: int,
-                 transforms: list | None, input_transforms: list | None, seed: int, yaml_paths: dict[str, str]):
+                 transforms: list | None, input_transforms: list | None, seed: int, yaml_paths: dict[str, str],
+                 channels: dict[str, int] | None = None):
         self.kind = kind
-        self.files_a = files_a
-        self.files_b = files_b
+        self.files = files  # unpaired: each domain's files, the first domain leading the epoch
+        self.channels = channels or {"a": channels_a, "b": channels_b}
         self.pairs = pairs
         self.ab_files = ab_files
         self.swap_ab = swap_ab
@@ -58,7 +59,7 @@ class _Samples(Dataset):
     @property
     def num_items(self) -> int:
         if self.kind == "unpaired":
-            return max(len(self.files_a), len(self.files_b))
+            return max(len(files) for files in self.files.values())
         return len(self.ab_files) if self.ab_files else len(self.pairs)
 
     def _compose(self, key: str):
@@ -68,8 +69,8 @@ class _Samples(Dataset):
             self._composes = {}
             if self.kind == "unpaired":
                 if self.transforms:
-                    self._composes["a"] = T.build_transform(self.transforms, paired=False)
-                    self._composes["b"] = T.build_transform(self.transforms, paired=False)
+                    for domain in self.files:
+                        self._composes[domain] = T.build_transform(self.transforms, paired=False)
             else:
                 if self.transforms:
                     self._composes["joint"] = T.build_transform(self.transforms, paired=True)
@@ -93,26 +94,32 @@ class _Samples(Dataset):
 
     def paths(self, stream: int, epoch: int, pos: int) -> tuple[Path, ...]:
         if self.kind == "unpaired":
-            return self.files_a[pos % len(self.files_a)], self.files_b[self._b_index(stream, epoch, pos)]
+            return tuple(files[pos % len(files)] if i == 0 else files[self._index(i, files, stream, epoch, pos)]
+                         for i, files in enumerate(self.files.values()))
         if self.ab_files:
             return (self.ab_files[pos],)
         return self.pairs[pos]
 
-    def _b_index(self, stream: int, epoch: int, pos: int) -> int:
+    def _index(self, i: int, files: list[Path], stream: int, epoch: int, pos: int) -> int:
+        """The file of the i-th domain (i >= 1) at `pos`: drawn from (seed, epoch, pos), tag 2i."""
         if stream == _FIXED:
-            return pos % len(self.files_b)
-        rng = np.random.default_rng(_seed(self.seed, stream, epoch, pos, 2))
-        return int(rng.integers(len(self.files_b)))
+            return pos % len(files)
+        rng = np.random.default_rng(_seed(self.seed, stream, epoch, pos, 2 * i))
+        return int(rng.integers(len(files)))
 
     def load(self, stream: int, epoch: int, pos: int) -> dict[str, Any]:
-        """One sample as {"a": CHW tensor, "b": CHW tensor, "paths": (...)}."""
+        """One sample as {"a": CHW tensor, "b": CHW tensor (unpaired: one per domain), "paths": (...)}."""
         files = self.paths(stream, epoch, pos)
         if self.kind == "unpaired":
-            path_a, path_b = files
-            a = self._apply("a", _seed(self.seed, stream, epoch, pos, 0), [path_a],
-                            image=read_image(path_a, self.channels_a))["image"]
-            b = self._apply("b", _seed(self.seed, stream, epoch, pos, 1), [path_b],
-                            image=read_image(path_b, self.channels_b))["image"]
+            sample: dict[str, Any] = {}
+            for i, (domain, path) in enumerate(zip(self.files, files)):
+                # augmentation seeds: tag 0 for the first domain, 2i - 1 for the i-th (a: 0, b: 1, c: 3, ...)
+                tag = 0 if i == 0 else 2 * i - 1
+                image = self._apply(domain, _seed(self.seed, stream, epoch, pos, tag), [path],
+                                    image=read_image(path, self.channels[domain]))["image"]
+                sample[domain] = to_tensor(image)
+            sample["paths"] = tuple(str(f) for f in files)
+            return sample
         else:
             if self.ab_files:
                 left, right = read_pair_image(files[0], self.channels_a, self.channels_b)
@@ -135,8 +142,7 @@ class _Samples(Dataset):
                         "size-changing stages (crops, resizes) belong in "
                         f"{self.yaml_paths['transforms']}, which applies to both"
                     )
-            a, b = inp, target
-        return {"a": to_tensor(a), "b": to_tensor(b), "paths": tuple(str(f) for f in files)}
+        return {"a": to_tensor(inp), "b": to_tensor(target), "paths": tuple(str(f) for f in files)}
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
         try:
@@ -150,11 +156,12 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     if errors:
         return {"error": errors[0]}
     batch: dict[str, Any] = {}
-    for key in ("a", "b"):
+    keys = [key for key in items[0] if key != "paths"]
+    for index, key in enumerate(keys):
         shapes = [tuple(item[key].shape) for item in items]
         if len(set(shapes)) > 1:
             listing = "\n".join(
-                f"  {item['paths'][0 if key == 'a' or len(item['paths']) == 1 else 1]}: "
+                f"  {item['paths'][min(index, len(item['paths']) - 1)]}: "
                 f"{s[1]}x{s[2]} (height x width) after the transforms"
                 for item, s in zip(items, shapes)
             )

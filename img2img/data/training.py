@@ -38,7 +38,9 @@ class TrainData:
     """The training data of a pipeline, deterministic from (seed, epoch, position).
 
     Unpaired: an epoch visits positions 0..max(|A|, |B|)-1 in a permutation drawn from (seed, epoch);
-    position p takes A[p % |A|] and a B drawn from (seed, epoch, p). Paired: `a`/`b` folders matched
+    position p takes A[p % |A|] and a B drawn from (seed, epoch, p). With `domains` (name -> folder,
+    the first leading: ``{"a": A, "b": B}`` is the same as `a`/`b`) each further domain's image is
+    drawn the same way and the batch holds one tensor per domain name. Paired: `a`/`b` folders matched
     by name, or `pairs` holding side-by-side AB images; batch "a" is the input, "b" the target
     (direction "b2a" swaps them; each keeps the channel count of the folder or half it comes from).
     """
@@ -48,7 +50,8 @@ class TrainData:
                  channels_a: int = 3, channels_b: int = 3, transforms: list | None = None,
                  input_transforms: list | None = None, seed: int = 0, batch_size: int = 1,
                  num_workers: int = 0, skip_unreadable: bool = False, rank: int = 0,
-                 world_size: int = 1, pin_memory: bool = False, yaml_paths: dict[str, str] | None = None):
+                 world_size: int = 1, pin_memory: bool = False, yaml_paths: dict[str, str] | None = None,
+                 domains: dict[str, Path | None] | None = None, channels: dict[str, int] | None = None):
         if kind not in ("unpaired", "paired"):
             raise ValueError(f"kind must be 'unpaired' or 'paired', got {kind!r}")
         if direction not in ("a2b", "b2a"):
@@ -70,17 +73,18 @@ class TrainData:
         self.transforms = list(transforms or [])
         self.input_transforms = list(input_transforms or [])
 
-        files_a: list[Path] = []
-        files_b: list[Path] = []
+        files: dict[str, list[Path]] = {}
         pair_list: list[tuple[Path, Path]] = []
         ab_files: list[Path] = []
         if kind == "unpaired":
-            if a is None or b is None:
-                raise Img2ImgError(
-                    f"unpaired data needs both {self.yaml_paths['a']} and {self.yaml_paths['b']} (folders of images)"
-                )
-            files_a = list_images(Path(a), self.yaml_paths["a"])
-            files_b = list_images(Path(b), self.yaml_paths["b"])
+            folders = dict(domains) if domains is not None else {"a": a, "b": b}
+            for name in folders:
+                self.yaml_paths.setdefault(name, f"data.domains.{name}")
+            missing = [name for name, folder in folders.items() if folder is None]
+            if missing or len(folders) < 2:
+                named = " and ".join(self.yaml_paths[n] for n in (missing or folders))
+                raise Img2ImgError(f"unpaired data needs a folder of images for each of at least two domains: {named}")
+            files = {name: list_images(Path(folder), self.yaml_paths[name]) for name, folder in folders.items()}
         elif pairs is not None:
             ab_files = list_images(Path(pairs), self.yaml_paths["pairs"])
         else:
@@ -101,8 +105,14 @@ class TrainData:
             source_channels = (channels_b, channels_a)
         # channels of batch "a" and batch "b": the input and target, after any b2a swap
         self.channels_a, self.channels_b = (channels_b, channels_a) if swap else (channels_a, channels_b)
+        self.channels = {"a": self.channels_a, "b": self.channels_b}
+        if kind == "unpaired":
+            self.channels = {name: int((channels or {}).get(name, {"a": channels_a, "b": channels_b}.get(name, 3)))
+                             for name in files}
+            for count in self.channels.values():
+                _check_channels(count)
         self._samples = _Samples(
-            kind=kind, files_a=files_a, files_b=files_b, pairs=pair_list, ab_files=ab_files,
+            kind=kind, files=files, channels=self.channels if kind == "unpaired" else None, pairs=pair_list, ab_files=ab_files,
             swap_ab=swap and bool(ab_files), channels_a=source_channels[0], channels_b=source_channels[1],
             transforms=self.transforms, input_transforms=self.input_transforms, seed=self.seed,
             yaml_paths=self.yaml_paths,
@@ -128,12 +138,21 @@ class TrainData:
     def files_a(self) -> list[Path]:
         """Files of domain A (unpaired) or the input files (paired folders)."""
         s = self._samples
-        return list(s.files_a) if s.kind == "unpaired" else [p[0] for p in s.pairs] or list(s.ab_files)
+        return list(s.files.get("a", [])) if s.kind == "unpaired" else [p[0] for p in s.pairs] or list(s.ab_files)
 
     @property
     def files_b(self) -> list[Path]:
         s = self._samples
-        return list(s.files_b) if s.kind == "unpaired" else [p[1] for p in s.pairs] or list(s.ab_files)
+        return list(s.files.get("b", [])) if s.kind == "unpaired" else [p[1] for p in s.pairs] or list(s.ab_files)
+
+    @property
+    def domains(self) -> list[str]:
+        """The batch's image keys: the domain names (unpaired), or "a" (input) and "b" (target)."""
+        return list(self._samples.files) if self._samples.kind == "unpaired" else ["a", "b"]
+
+    def files_of(self, domain: str) -> list[Path]:
+        """The files of one domain (unpaired)."""
+        return list(self._samples.files[domain])
 
     def _batch_size_problem(self, per_rank: int, unreadable: int = 0) -> str | None:
         if per_rank >= self.batch_size:
@@ -153,7 +172,7 @@ class TrainData:
     def _all_files(self) -> list[Path]:
         s = self._samples
         if s.kind == "unpaired":
-            return [*s.files_a, *s.files_b]
+            return [f for files in s.files.values() for f in files]
         if s.ab_files:
             return list(s.ab_files)
         return [f for pair in s.pairs for f in pair]
@@ -207,8 +226,7 @@ class TrainData:
     def _without(self, bad: set[Path]) -> _Samples:
         """The samples without the files in `bad` (a copy; the lists are new)."""
         s = copy.copy(self._samples)
-        s.files_a = [f for f in s.files_a if f not in bad]
-        s.files_b = [f for f in s.files_b if f not in bad]
+        s.files = {name: [f for f in files if f not in bad] for name, files in s.files.items()}
         s.pairs = [p for p in s.pairs if p[0] not in bad and p[1] not in bad]
         s.ab_files = [f for f in s.ab_files if f not in bad]
         return s
@@ -216,7 +234,7 @@ class TrainData:
     def _drop(self, bad: set[Path]) -> None:
         s = self._samples = self._without(bad)
         if s.kind == "unpaired":
-            for label, files in (("a", s.files_a), ("b", s.files_b)):
+            for label, files in s.files.items():
                 if not files:
                     raise Img2ImgError(f"{self.yaml_paths[label]}: no readable images left after skipping unreadable ones")
         elif s.num_items == 0:
@@ -233,7 +251,7 @@ class TrainData:
         # (h, w) of what each sample feeds to the joint transforms, with the files it comes from
         shapes: list[tuple[tuple[int, int], str]] = []
         if s.kind == "unpaired":
-            shapes = [((sizes[f][1], sizes[f][0]), str(f)) for f in [*s.files_a, *s.files_b]]
+            shapes = [((sizes[f][1], sizes[f][0]), str(f)) for files in s.files.values() for f in files]
         elif s.ab_files:
             for f in s.ab_files:
                 w, h = sizes[f]

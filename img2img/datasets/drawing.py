@@ -78,10 +78,14 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 
 
 def shapes_image(seed: int, domain: int, split: int, index: int, size: int) -> Image.Image:
-    """Domain 0: warm shapes on a light background; domain 1: cool shapes on a dark background."""
+    """Domain 0: warm shapes on a light background; domain 1: cool shapes on a dark background;
+    domain 2: green shapes on a mid-grey background."""
     rng = _rng(seed, 1, domain, split, index)
     shapes = _layout(rng, size)
-    if domain == 0:
+    if domain == 2:
+        background = _hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.1), rng.uniform(0.45, 0.6))
+        fills = [_hsv(rng.uniform(80, 150) / 360, rng.uniform(0.6, 1.0), rng.uniform(0.7, 0.95)) for _ in shapes]
+    elif domain == 0:
         background = _hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.12), rng.uniform(0.85, 0.97))
         fills = [_hsv(rng.uniform(-15, 50) / 360, rng.uniform(0.7, 1.0), rng.uniform(0.85, 1.0)) for _ in shapes]
     else:

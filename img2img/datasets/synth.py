@@ -1,7 +1,8 @@
 """Demo datasets: deterministic synthetic ones made on the spot, and the public CycleGAN/pix2pix archives.
 
 The synthetic sets let a pipeline train end to end without any download: ``shapes`` (unpaired,
-warm shapes on light backgrounds <-> cool shapes on dark ones) and ``outlines`` (paired, black
+warm shapes on light backgrounds <-> cool shapes on dark ones), ``shapes3`` (the same two and a
+third domain, green shapes on mid grey, for multi-domain tasks) and ``outlines`` (paired, black
 outline drawings -> the same shapes filled with colour). The same seed gives byte-identical files.
 """
 from __future__ import annotations
@@ -27,12 +28,15 @@ __all__ = ["DOWNLOADS", "SYNTH_DATASETS", "download", "ensure_synth", "extract_a
 SYNTH_DATASETS: dict[str, str] = {
     "shapes": "unpaired (CycleGAN demo): warm shapes on light backgrounds (A) <-> cool shapes on dark backgrounds (B), 72x72",
     "outlines": "paired (pix2pix demo): black outline drawings (A) -> the same shapes filled with colour (B), 64x64",
+    "shapes3": "unpaired, three domains (StarGAN demo): the shapes' A and B, and green shapes on mid grey (C), 72x72",
 }
 
-SYNTH_KINDS: dict[str, str] = {"shapes": "unpaired", "outlines": "paired"}
+SYNTH_KINDS: dict[str, str] = {"shapes": "unpaired", "outlines": "paired", "shapes3": "unpaired"}
+SYNTH_DOMAINS: dict[str, str] = {"shapes": "AB", "outlines": "AB", "shapes3": "ABC"}
+"""The domains each synthetic dataset writes, as train<X>/test<X> folders."""
 """The data kind (a task's ``data_kind``) each synthetic dataset is."""
 
-_SIZES = {"shapes": 72, "outlines": 64}
+_SIZES = {"shapes": 72, "outlines": 64, "shapes3": 72}
 _TRAIN_COUNT = 200
 
 
@@ -61,7 +65,7 @@ def _counts(count: int | None) -> tuple[int, int]:
 
 
 def synthesize(name: str, out: Path, *, seed: int = 0, count: int | None = None, overwrite: bool = False) -> Path:
-    """Write synthetic dataset `name` into `out` (trainA, trainB, testA, testB, README.txt).
+    """Write synthetic dataset `name` into `out` (trainA, trainB, testA, testB (and trainC, testC), README.txt).
 
     `count` is the number of training images per folder (default 200); the test folders get a
     tenth of it (at least 2). Image i is the same whatever the count, and the same seed gives
@@ -103,7 +107,8 @@ def synthetic_dataset(folder: Path) -> dict | None:
         return None
     found = re.match(r"img2img synthetic dataset '(\w+)'", text)
     counts = re.search(r"train: (\d+) images per folder, test: (\d+) per folder", text)
-    if not found or not counts or not entries <= {"trainA", "trainB", "testA", "testB", "README.txt"}:
+    allowed = {f"{split}{x}" for split in ("train", "test") for x in "ABC"} | {"README.txt"}
+    if not found or not counts or not entries <= allowed:
         return None
     return {"name": found.group(1), "train": int(counts.group(1)), "test": int(counts.group(2))}
 
@@ -125,14 +130,15 @@ def _check_target(out: Path, name: str, overwrite: bool) -> None:
 
 def _write(name: str, out: Path, seed: int, train: int, test: int) -> None:
     size = _SIZES[name]
-    for sub in ("trainA", "trainB", "testA", "testB"):
+    letters = SYNTH_DOMAINS[name]
+    for sub in (f"{split}{x}" for split in ("train", "test") for x in letters):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for split, (label, n) in enumerate((("train", train), ("test", test))):
         for i in range(n):
             file = f"{i:04d}.png"
-            if name == "shapes":
-                _save_png(shapes_image(seed, 0, split, i, size), out / f"{label}A" / file)
-                _save_png(shapes_image(seed, 1, split, i, size), out / f"{label}B" / file)
+            if name in ("shapes", "shapes3"):
+                for domain, x in enumerate(letters):
+                    _save_png(shapes_image(seed, domain, split, i, size), out / f"{label}{x}" / file)
             else:
                 drawing, filled = outline_pair(seed, split, i, size)
                 _save_png(drawing, out / f"{label}A" / file)
@@ -143,7 +149,13 @@ def _write(name: str, out: Path, seed: int, train: int, test: int) -> None:
 def _readme(name: str, seed: int, train: int, test: int, size: int) -> str:
     from img2img._version import __version__
 
-    if name == "shapes":
+    if name == "shapes3":
+        what = (
+            "Unpaired data of three domains for a multi-domain (StarGAN) demo. trainA/testA: warm shapes\n"
+            "on light backgrounds; trainB/testB: cool shapes on dark backgrounds (as 'shapes');\n"
+            "trainC/testC: green shapes on mid-grey backgrounds. Every domain is drawn independently."
+        )
+    elif name == "shapes":
         what = (
             "Unpaired data for a CycleGAN demo. trainA/testA: warm-coloured (red, orange, yellow)\n"
             "circles, squares and triangles on light backgrounds. trainB/testB: cool-coloured (cyan,\n"
@@ -186,27 +198,37 @@ def synthesize_problems(data, data_kind: str, task: str) -> list[tuple[str, str]
     if data.pairs is not None:
         return [("data.synthesize", f"'{name}' is written as trainA/trainB folders, not side-by-side pairs; "
                                     "use data.a and data.b instead of data.pairs")]
-    if data.a is None:
-        return [("data.a", f"required with data.synthesize: the folder trainA of the '{name}' dataset, or "
-                           "--set data.synthesize=null to train on folders you give")]
-    own = [key for key, want in DEMO_FOLDERS.items() if getattr(data, key) is not None
-           and Path(getattr(data, key)).name != want]
-    if own:  # one folder of the user's, one of the demo's (`use_given_data` took the case of both)
-        key = next(k for k in DEMO_FOLDERS if k not in own)
-        return [(f"data.{key}", f"{getattr(data, key)} is the demo's folder (data.synthesize: {name}), while "
-                                f"data.{own[0]} is your own {getattr(data, own[0])}; give data.{key} too "
-                                f"(--set data.{key}=DIR), or --set data.synthesize=null to train on the folders "
-                                "you give")]
-    root = Path(data.a).parent
-    wrong = [(key, want) for key, want in DEMO_FOLDERS.items()
-             if getattr(data, key) is not None and Path(getattr(data, key)) != root / want]
-    return [(f"data.{key}", f"data.synthesize writes the '{name}' dataset as {root}/trainA, trainB, testA and "
-                            f"testB; point data.{key} at {root / want}, or --set data.synthesize=null to train "
-                            "on the folders you give") for key, want in wrong]
+    if data.folder("a") is None:
+        return [(data.domain_path("a"), f"required with data.synthesize: the folder trainA of the '{name}' dataset, "
+                                        "or --set data.synthesize=null to train on folders you give")]
+    letters = SYNTH_DOMAINS[name]
+    given = {key: folder for key, folder in data.domain_folders().items() if folder is not None}
+    own = [key for key, folder in given.items()
+           if len(key) == 1 and key.upper() in letters and Path(folder).name != f"train{key.upper()}"]
+    if own and len(own) < len(given):  # some folders of the user's, some of the demo's
+        key = next(k for k in given if k not in own)
+        path, mine = data.domain_path(key), data.domain_path(own[0])
+        return [(path, f"{given[key]} is the demo's folder (data.synthesize: {name}), while {mine} is your own "
+                       f"{given[own[0]]}; give {path} too (--set {path}=DIR), or --set data.synthesize=null to "
+                       "train on the folders you give")]
+    root = Path(data.folder("a")).parent
+    names = [f"{split}{x}" for split in ("train", "test") for x in letters]
+    folders = ", ".join(names[:-1]) + " and " + names[-1]
+    problems = []
+    for key, folder in given.items():
+        if key.upper() not in letters or len(key) != 1:
+            problems.append((data.domain_path(key), f"the '{name}' dataset has the domains "
+                                                    f"{', '.join(letters.lower())} only"))
+        elif Path(folder) != root / f"train{key.upper()}":
+            problems.append((data.domain_path(key), f"data.synthesize writes the '{name}' dataset as {root}/"
+                                                    f"{folders}; point {data.domain_path(key)} at "
+                                                    f"{root / ('train' + key.upper())}, or --set "
+                                                    "data.synthesize=null to train on the folders you give"))
+    return problems
 
 
 DEMO_FOLDERS = {"a": "trainA", "b": "trainB"}
-"""The folders `data.synthesize` writes, by data key."""
+"""The folders `data.synthesize` writes for a two-domain demo, by data key."""
 
 
 def ensure_synth(name: str, out: Path, seed: int = 0) -> bool:

@@ -20,6 +20,7 @@ from img2img import atomic
 from img2img._version import __version__
 from img2img.engine.provenance import check_components, component_origins
 from img2img.engine.translators import read_ema_entry, translator_state, written_for_generator
+from img2img.config.domains import check_direction
 from img2img.errors import Img2ImgError, first_line
 from img2img.tensorfile import NotATorchFile, build_checked, load_weights_only, shape_problems
 
@@ -247,9 +248,10 @@ def translator_sources_of(ckpt: dict, direction: str) -> dict[str, list[str]]:
     return {name: [key, name] for name in ckpt["nets"][key]}
 
 
-def load_translator(path: Path, direction: str = "a2b", *, use_ema: bool = True) -> LoadedTranslator:
+def load_translator(path: Path, direction: str | None = None, *, use_ema: bool = True) -> LoadedTranslator:
     """The `direction` translator of a run folder or checkpoint, built by its task's
     ``build_translator`` (nothing else of the task is built) and filled from the checkpoint.
+    Without `direction`: a2b when the task translates it, else its first direction.
 
     With `use_ema` (the default) the exponential moving average is used when the run kept one.
     """
@@ -260,9 +262,10 @@ def load_translator(path: Path, direction: str = "a2b", *, use_ema: bool = True)
     where = ckpt["path"]
     pipeline = validate_pipeline(ckpt["pipeline"], source=f"{where} (the pipeline stored in it)")
     task_cls = get_registry().get("task", pipeline.task).factory
-    if direction not in task_cls.directions:
-        raise Img2ImgError(f"the {pipeline.task} model in {where} translates "
-                           f"{' and '.join(task_cls.directions)} only, not {direction}")
+    directions = task_cls.directions_for(pipeline)
+    if direction is None:
+        direction = "a2b" if "a2b" in directions or not directions else directions[0]
+    check_direction(direction, directions, f"the {pipeline.task} model in {where}")
     held = sorted(ckpt["translators"] if ckpt.get("format", 1) >= 2 else ckpt["generators"])
     if direction not in held and held:  # e.g. one imported generator of a CycleGAN pair
         raise Img2ImgError(f"{where} holds the {' and '.join(held)} translator only, not {direction}; "

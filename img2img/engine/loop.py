@@ -124,8 +124,14 @@ class Trainer(TrainingState):
         from img2img.data import TrainData
 
         d = self.pipeline.data
+        names = task_cls.domains_for(self.pipeline)
+        domains = None
+        if task_cls.data_kind == "unpaired" and (d.domains is not None or tuple(names) != ("a", "b")):
+            domains = {name: d.folder(name) for name in names}  # the a/b spelling keeps its own path
         data = TrainData(
-            kind=task_cls.data_kind, a=d.a, b=d.b, pairs=d.pairs, direction=d.direction,
+            kind=task_cls.data_kind, a=d.folder("a"), b=d.folder("b"), pairs=d.pairs, direction=d.direction,
+            domains=domains, channels={name: d.channels.of(name) for name in names},
+            yaml_paths={name: d.domain_path(name) for name in names},
             channels_a=d.channels.a, channels_b=d.channels.b, transforms=d.transforms,
             input_transforms=d.input_transforms, seed=self.pipeline.seed, batch_size=self.train.batch_size,
             num_workers=d.num_workers, skip_unreadable=d.skip_unreadable, rank=self.dist.rank,
@@ -313,7 +319,8 @@ class Trainer(TrainingState):
 
     def _check_sizes(self) -> None:
         """Images that the translators cannot take: say so before the first step, not mid-forward."""
-        h, w = self.fixed_batch["a"].shape[-2:]
+        first = next(v for v in self.fixed_batch.values() if torch.is_tensor(v) and v.dim() == 4)  # a or any domain
+        h, w = first.shape[-2:]
         for d in self.task.directions:
             multiple = ckpt_io.size_multiple(self.task.translator(d))
             if h % multiple or w % multiple:

@@ -140,7 +140,7 @@ def _ensure_synth(pipeline: PipelineBase, console: Console) -> None:
         from img2img.config.pipeline import pipeline_error
 
         raise pipeline_error(pipeline, problems, "the pipeline")
-    target = pipeline.data.a or pipeline.data.pairs
+    target = pipeline.data.folder("a") or pipeline.data.pairs
     if target is None:
         return
     root = target.parent

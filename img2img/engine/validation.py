@@ -5,9 +5,11 @@ The task says what it can score (`Task.val_metrics`) and computes its own scores
 the engine's, for any task with an a2b translator: `data.val.a` translated a2b, rounded to 8 bits
 as translate would save it, against `data.val.b` (or `data.b` when `val.b` is absent), each image
 handed to the extractor by `train.val_protocol` (default: the extractor's own), features on the
-training device in batches (img2img/evaluation/distribution.py). The reference features are
-computed once, when the validator is created. Every kid/fid row carries ``val_setup`` (extractor,
-weights digest, protocol, image counts), so a run whose rows mix setups shows it.
+training device in batches (img2img/evaluation/distribution.py). A task of more than two domains
+is scored in each of its `val_directions` (``data.val.<from>`` against ``data.val.<to>``, else the
+training folder of ``<to>``): ``val_kid_<direction>`` each, ``val_kid`` their mean. The reference
+features are computed once, when the validator is created. Every kid/fid row carries ``val_setup``
+(extractor, weights digest, protocol, image counts), so a run whose rows mix setups shows it.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def data_notes(pipeline) -> list[str]:
         return []
     notes = []
     for key, folder in data_folders(pipeline.data):
-        if key.startswith("data.test_"):
+        if key.startswith(("data.test_", "data.test.")):
             continue
         try:
             list_images(folder, key)
@@ -98,6 +100,8 @@ class Validator:
     @property
     def weights(self) -> str | None:
         return self.setup["weights"] if self.setup else None
+    directions: tuple[str, ...] = ("a2b",)
+    references: dict[str, np.ndarray] | None = None  # per direction, when scored in several
 
     @classmethod
     def create(cls, trainer) -> Validator | None:
@@ -118,8 +122,10 @@ class Validator:
             p.train.val_metric = metric  # the resolved pipeline (pipeline.yaml, checkpoints) says which
         v = cls(trainer=trainer, metric=metric, every=p.train.val_every,
                 images=load_val_images(p, task_cls.data_kind == "paired"),
-                higher=metric in task_cls.val_higher_is_better)
-        if metric in DISTRIBUTION_METRICS:
+                higher=metric in task_cls.val_higher_is_better, directions=tuple(task_cls.val_directions(p)))
+        if metric in DISTRIBUTION_METRICS and v.directions != ("a2b",):
+            v._prepare_directions(task_cls)
+        elif metric in DISTRIBUTION_METRICS:
             v._prepare_distribution(task_cls)
         else:
             if p.data.val.pairs is not None:
@@ -169,6 +175,48 @@ class Validator:
             f"images against {len(files)} of {where}, every {self.every} steps ({self.reference.shape[1]} features; "
             f"reference computed in {time.perf_counter() - start:.1f} s)", highlight=False, markup=False)
 
+    def _prepare_directions(self, task_cls) -> None:
+        """kid/fid in every direction of `directions`: the reference features of each target domain."""
+        from img2img.config.domains import split_direction
+        from img2img.evaluation import distribution as dist
+
+        trainer, p = self.trainer, self.trainer.pipeline
+        ref = extractor_ref(task_cls, p, self.metric)
+        self.extractor_name = ref["name"]
+        self.extractor = dist.build_extractor(ref).to(trainer.device)
+        self.protocol = getattr(p.train, "val_protocol", None) or dist.default_protocol(self.extractor)
+        size = dist.input_size(self.extractor)
+        start = time.perf_counter()
+        by_domain: dict[str, np.ndarray] = {}
+        self.references = {}
+        wheres = []
+        for direction in self.directions:
+            source, target = split_direction(direction)
+            images = self.images.domains.get(source, [])
+            if target not in by_domain:
+                files, reader, where = domain_reference_files(p, target)
+                wheres.append(f"{where} ({len(files)})")
+                if len(files) < 2:
+                    raise Img2ImgError(f"train.val_metric {self.metric}: {where} needs at least 2 images "
+                                       f"(it has {len(files)})")
+                by_domain[target] = dist.features(dist.batched((dist.prepare(reader(f), self.protocol, size)
+                                                                for f in files), BATCH), self.extractor, trainer.device)
+            if len(images) < 2:
+                raise Img2ImgError(f"train.val_metric {self.metric}: data.val.{source} needs at least 2 images "
+                                   f"(it has {len(images)})")
+            self.references[direction] = by_domain[target]
+        first = self.references[self.directions[0]]
+        self.setup = {**dist.setup(self.extractor, dist.extractor_label(ref), self.protocol),
+                      "features": int(first.shape[1]), "directions": list(self.directions),
+                      "count": sum(len(self.images.domains.get(split_direction(d)[0], [])) for d in self.directions),
+                      "count_ref": sum(int(len(r)) for r in self.references.values())}
+        trainer.console.print(
+            f"validation: {self.metric} with {self.extractor_name} (weights {self.setup['weights']}, protocol "
+            f"{self.protocol}) in {len(self.directions)} directions "
+            f"({', '.join(self.directions)}; val_{self.metric} is their mean), against {', '.join(wheres)}, every "
+            f"{self.every} steps (references computed in {time.perf_counter() - start:.1f} s)",
+            highlight=False, markup=False)
+
     def due(self, step: int, total: int) -> bool:
         return step % self.every == 0 or step == total
 
@@ -183,11 +231,29 @@ class Validator:
         try:
             with torch.no_grad(), trainer.task.amp.autocast():
                 out = {k: float(v) for k, v in trainer.task.validation_scores(sized, self.images).items()}
-                fakes = self._translate(sized["a2b"]) if self.metric in DISTRIBUTION_METRICS else None
+                fakes = None
+                if self.references is not None:
+                    from img2img.config.domains import split_direction
+
+                    fakes = {d: self._translate(sized[d], self.images.domains[split_direction(d)[0]])
+                             for d in self.directions}
+                elif self.metric in DISTRIBUTION_METRICS:
+                    fakes = self._translate(sized["a2b"])
         finally:
             for d, t in translators.items():
                 t.train(modes[d])
-        if fakes is not None:
+        if isinstance(fakes, dict):
+            from img2img.evaluation import distribution as dist
+
+            size = dist.input_size(self.extractor)
+            for d, images in fakes.items():
+                fake = dist.features(dist.batched((dist.prepare(f, self.protocol, size) for f in images), BATCH),
+                                     self.extractor, trainer.device)
+                scored = dist.scores(self.references[d], fake, [self.metric])
+                scored.pop("kid_subset_size", None)
+                out.update({f"{k}_{d}": v for k, v in scored.items()})
+            out[self.metric] = float(np.mean([out[f"{self.metric}_{d}"] for d in fakes]))
+        elif fakes is not None:
             from img2img.evaluation import distribution as dist
 
             size = dist.input_size(self.extractor)
@@ -198,11 +264,11 @@ class Validator:
             out.update(scored)
         return out
 
-    def _translate(self, translator: nn.Module) -> list[torch.Tensor]:
+    def _translate(self, translator: nn.Module, images: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         from img2img.evaluation.distribution import batched, quantize
 
         out = []
-        for batch in batched(self.images.a, BATCH):
+        for batch in batched(self.images.a if images is None else images, BATCH):
             y = translator(batch.to(self.trainer.device))
             out.extend(quantize(y.float()).cpu())
         return out
@@ -250,16 +316,37 @@ def load_val_images(p, paired: bool) -> ValImages:
         targets = [to_tensor(left if swap else right) for left, right in halves]
         names = [f.name for f in files]
         return ValImages(a=inputs, b=targets, paired=paired, names_a=names, names_b=list(names))
-    files_a = list_images(val.a, "data.val.a")
+    files_a = list_images(val.a, "data.val.a") if val.a is not None else []
     if paired and val.b is not None:
         pairs = match_pairs(files_a, val.a, list_images(val.b, "data.val.b"), val.b, ("data.val.a", "data.val.b"))
         return ValImages(a=[to_tensor(read_image(a, ch.a)) for a, _ in pairs],
                          b=[to_tensor(read_image(b, ch.b)) for _, b in pairs], paired=True,
                          names_a=[a.name for a, _ in pairs], names_b=[b.name for _, b in pairs])
     files_b = list_images(val.b, "data.val.b") if val.b is not None and not paired else []
-    return ValImages(a=[to_tensor(read_image(f, ch.a)) for f in files_a],
-                     b=[to_tensor(read_image(f, ch.b)) for f in files_b], paired=False,
-                     names_a=[f.name for f in files_a], names_b=[f.name for f in files_b])
+    images = ValImages(a=[to_tensor(read_image(f, ch.a)) for f in files_a],
+                       b=[to_tensor(read_image(f, ch.b)) for f in files_b], paired=False,
+                       names_a=[f.name for f in files_a], names_b=[f.name for f in files_b])
+    if not paired:
+        images.domains = {"a": images.a, "b": images.b}
+        for name, folder in val.folders().items():
+            if name not in ("a", "b"):
+                images.domains[name] = [to_tensor(read_image(f, ch.of(name)))
+                                        for f in list_images(folder, f"data.val.{name}")]
+    return images
+
+
+def domain_reference_files(p, domain: str) -> tuple[list[Path], Callable[[Path], torch.Tensor], str]:
+    """Real images of `domain` for kid/fid: ``data.val.<domain>``, else its training folder."""
+    from img2img.data import list_images, read_image, to_tensor
+
+    data = p.data
+    folder, where = data.val.folder(domain), f"data.val.{domain}"
+    if folder is None:
+        folder, where = data.folder(domain), data.domain_path(domain)
+    if folder is None:
+        raise Img2ImgError(f"kid/fid validation needs real images of domain {domain}: set data.val.{domain}")
+    count = data.channels.of(domain)
+    return list_images(folder, where), lambda f: to_tensor(read_image(f, count)), where
 
 
 def reference_files(p, paired: bool) -> tuple[list[Path], Callable[[Path], torch.Tensor], str]:

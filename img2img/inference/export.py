@@ -48,7 +48,7 @@ PARITY_SHAPES = ((1, 37, 53), (2, 45, 31), (1, 1, 3))  # (batch, height, width):
 # Loading what to export
 
 
-def _load(model: Path, direction: str, use_ema: bool) -> LoadedGenerator:
+def _load(model: Path, direction: str | None, use_ema: bool) -> LoadedGenerator:
     model = Path(model)
     suffix = model.suffix.lower()
     if suffix == ".onnx":
@@ -56,13 +56,13 @@ def _load(model: Path, direction: str, use_ema: bool) -> LoadedGenerator:
                            "or a .safetensors generator")
     if suffix == ".safetensors":
         loaded = load_safetensors_generator(model)
-        if direction != loaded.direction:
+        if direction is not None and direction != loaded.direction:
             raise Img2ImgError(f"{model} holds the {loaded.direction} generator, not {direction}")
         return loaded
     return load_generator(model, direction, use_ema=use_ema)
 
 
-def export(model: Path, out: Path, *, direction: str = "a2b", opset: int = 18, half: bool = False,
+def export(model: Path, out: Path, *, direction: str | None = None, opset: int = 18, half: bool = False,
            fmt: str = "onnx", use_ema: bool = True, check: bool = True, console: Console | None = None,
            norm_stats: str = "running", overwrite: bool = False, int8: bool = False,
            calibrate: Path | None = None, force: bool = False, min_psnr: float | None = None) -> Path:

@@ -94,10 +94,12 @@ class Translator:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_run(cls, path: str | os.PathLike, direction: str = "a2b", *, device: str = "auto",
+    def from_run(cls, path: str | os.PathLike, direction: str | None = None, *, device: str = "auto",
                  precision: str = "fp32", use_ema: bool = True, channels_last: bool = False,
                  norm_stats: str | None = None, backend: str | None = None, **options: Any) -> Translator:
         """From a run folder, a checkpoint (.pt) or an exported .safetensors generator.
+
+        `direction` is any of the run's task's directions (default: a2b, or the task's first direction).
 
         `norm_stats` ``"batch"`` normalises batch-norm layers with each image's own statistics, as the
         reference's test.py does (see `img2img.inference.normstats`); the default is eval mode.
@@ -114,7 +116,7 @@ class Translator:
 
             loaded = load_safetensors_generator(path)
             notes = apply_norm_stats(loaded, norm_stats)
-            elsewhere = [] if direction == loaded.direction else [
+            elsewhere = [] if direction is None or direction == loaded.direction else [
                 f"{path.name} translates {loaded.direction}; --direction {direction} does not apply to an exported file"]
         else:
             loaded = load_generator(path, direction, use_ema=use_ema)
@@ -152,7 +154,7 @@ class Translator:
         return cls(runner, **options)
 
     @classmethod
-    def load(cls, model: str | os.PathLike, direction: str = "a2b", *, device: str = "auto",
+    def load(cls, model: str | os.PathLike, direction: str | None = None, *, device: str = "auto",
              precision: str = "fp32", use_ema: bool = True, channels_last: bool = False,
              backend: str | None = None, **options: Any) -> Translator:
         """By default the backend follows the path: ``.onnx`` runs in onnxruntime, anything else in torch;
@@ -344,7 +346,7 @@ def _like_input(out: np.ndarray, dtype: np.dtype, squeeze: bool) -> np.ndarray:
 # The command's entry point
 
 
-def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: str = "a2b", batch_size: int = 1,
+def translate_inputs(inputs: list[Path], *, model: Path, out: Path, direction: str | None = None, batch_size: int = 1,
                      device: str = "auto", precision: str = "fp32", tile: int | None = None,
                      overlap: int | None = None, max_pixels: int | None = None, tile_norm: str = "auto",
                      fmt: str | None = None, resize: int | None = None, keep_depth: bool = False,

@@ -36,46 +36,10 @@ import torch
 from torch import nn
 
 from img2img.config import GeneratorSpec, PipelineBase
+from img2img.config.domains import split_direction
 from img2img.precision import Precision
-from img2img.tasks import validation as val
+from img2img.tasks import data_checks, validation as val
 from img2img.tasks.engine_state import EngineState, check_engine_names
-
-
-class ImagePool:
-    """History of generated images (Shrivastava et al. 2017): D sees old fakes half of the time.
-
-    Its randomness comes from its own generator so that a resumed run draws the same choices.
-    """
-
-    def __init__(self, size: int, seed: int = 0) -> None:
-        self.size = size
-        self.images: list[torch.Tensor] = []
-        self.rng = torch.Generator().manual_seed(seed)
-
-    def query(self, images: torch.Tensor) -> torch.Tensor:
-        if self.size == 0:
-            return images
-        out = []
-        for image in images.detach():
-            image = image.unsqueeze(0)
-            if len(self.images) < self.size:
-                self.images.append(image.clone())
-                out.append(image)
-            elif torch.rand((), generator=self.rng).item() > 0.5:
-                i = int(torch.randint(self.size, (), generator=self.rng))
-                old = self.images[i].clone()
-                self.images[i] = image.clone()
-                out.append(old)
-            else:
-                out.append(image)
-        return torch.cat(out, 0)
-
-    def state_dict(self) -> dict:
-        return {"images": [t.cpu() for t in self.images], "rng": self.rng.get_state()}
-
-    def load_state_dict(self, state: dict, device: torch.device) -> None:
-        self.images = [t.to(device) for t in state["images"]]
-        self.rng.set_state(state["rng"])
 
 
 @contextlib.contextmanager
@@ -136,7 +100,12 @@ class Task:
     translator_nets: ClassVar[dict[str, str]] = {}
     """direction -> key of the net in `nets` that translates it (the usual case: one generator each)."""
     directions: ClassVar[tuple[str, ...]] = ("a2b", "b2a")
-    """The directions the task translates; defaults to the keys of `translator_nets` when it is set."""
+    """The directions the task translates; defaults to the keys of `translator_nets` when it is set.
+    A task whose directions depend on the pipeline (one per pair of ``data.domains``) overrides
+    `directions_for`; an instance's ``self.directions`` is what `directions_for` gave its pipeline."""
+    domains: ClassVar[tuple[str, ...]] = ("a", "b")
+    """The domains the engine loads for the task (unpaired: batch key = domain name); `img2img validate`
+    requires a folder for each. A task whose domains come from the pipeline overrides `domains_for`."""
     scheduler_interval: ClassVar[str] = "epoch"
     """When the engine steps the learning-rate schedulers: every ``"epoch"`` or every ``"step"``."""
 
@@ -153,6 +122,7 @@ class Task:
 
         check_engine_names(type(self), Task)
         self.pipeline = pipeline
+        self.directions = tuple(type(self).directions_for(pipeline))
         self.device = torch.device(device)
         self.amp = precision or Precision("fp32", self.device)
         self.registry = registry or get_registry()
@@ -165,6 +135,16 @@ class Task:
         if build:
             self.build()
             self.schedulers = dict(self.configure_schedulers())
+
+    @classmethod
+    def directions_for(cls, pipeline: PipelineBase) -> tuple[str, ...]:
+        """The directions this task translates under `pipeline` (default: the class's ``directions``)."""
+        return tuple(cls.directions)
+
+    @classmethod
+    def domains_for(cls, pipeline: PipelineBase) -> tuple[str, ...]:
+        """The domains the engine loads for this task under `pipeline` (default: the class's ``domains``)."""
+        return tuple(cls.domains)
 
     @classmethod
     def for_inference(cls, pipeline: PipelineBase, *, device: torch.device | str = "cpu") -> Task:
@@ -214,8 +194,12 @@ class Task:
         return unwrap(self.translator(direction))
 
     def channels(self, direction: str) -> tuple[int, int]:
+        """(input, output) channels of `direction`: those of its source and target domain."""
         ch = self.pipeline.data.channels
-        return (ch.a, ch.b) if direction == "a2b" else (ch.b, ch.a)
+        if "2" not in direction:  # not <from>2<to>: as img2img 0.2 read it
+            return (ch.a, ch.b) if direction == "a2b" else (ch.b, ch.a)
+        source, target = split_direction(direction)
+        return ch.of(source), ch.of(target)
 
     # -- state beyond nets and optimisers --------------------------------------------------------
     def extra_state(self) -> dict:
@@ -252,7 +236,14 @@ class Task:
         """The metrics `train.val_metric` may name, the default first: paired l1, psnr, ssim, kid, fid;
         unpaired with b2a cycle_l1, kid, fid; unpaired one-direction kid, fid. Extend it together
         with `validation_scores` to offer a metric of your own."""
-        return val.default_metrics(cls)
+        return val.default_metrics(cls, pipeline)
+
+    @classmethod
+    def val_directions(cls, pipeline: PipelineBase) -> tuple[str, ...]:
+        """The directions kid/fid validation translates (each ``data.val.<from>`` against real images of
+        its target domain; ``val_kid`` is their mean, ``val_kid_<direction>`` each). Default: a2b for a
+        task of two domains, every direction for one of more."""
+        return val.default_directions(cls, pipeline)
 
     @classmethod
     def val_extractor_default(cls, pipeline: PipelineBase, metric: str) -> str:
@@ -272,19 +263,13 @@ class Task:
 
     @classmethod
     def validate_data(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
-        data = pipeline.data
-        if cls.data_kind == "paired":
-            if data.pairs is None and (data.a is None or data.b is None):
-                return [("data", "set data.a (inputs) and data.b (targets) paired by file name, "
-                                 "or data.pairs (a folder of side-by-side AB images)")]
-            if data.pairs is not None and (data.a is not None or data.b is not None):
-                return [("data.pairs", "use either data.pairs or data.a/data.b, not both")]
-            return []
-        problems = [(f"data.{k}", f"required: the folder of domain {k.upper()} images")
-                    for k in ("a", "b") if getattr(data, k) is None]
-        if data.pairs is not None:
-            problems.append(("data.pairs", f"the {cls.name} task trains on unpaired folders data.a and data.b"))
-        return problems
+        """The data section suits the task: paired folders or pairs, or a folder per domain it loads."""
+        return data_checks.check_data(cls, pipeline)
+
+    @classmethod
+    def validate_domains(cls, pipeline: PipelineBase) -> list[tuple[str, str]]:
+        """A folder for every domain the task loads (``domains_for``), and none for another."""
+        return data_checks.check_domains(cls, pipeline)
 
     @classmethod
     def validate_size_multiple(cls, pipeline: PipelineBase, path: str, spec: GeneratorSpec) -> list[tuple[str, str]]:
@@ -372,7 +357,7 @@ class Task:
         """The key in `nets` of the discriminator that judges `direction`, or None (no adversary)."""
         if direction in self.discriminators:
             return self.discriminators[direction]
-        names = [f"d_{direction[-1]}"] + (["d"] if len(self.directions) == 1 else [])
+        names = [f"d_{direction.rpartition('2')[2]}"] + (["d"] if len(self.directions) == 1 else [])
         return next((name for name in names if name in self.nets), None)
 
     def judge(self, direction: str, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

@@ -12,7 +12,8 @@ from pydantic import Field
 
 from img2img.config import DiscriminatorSpec, GeneratorSpec, LossSpec, PipelineBase, StrictModel
 from img2img.hookspecs import hookimpl
-from img2img.tasks.base import ImagePool, Task, set_requires_grad, unwrap
+from img2img.tasks.base import Task, set_requires_grad, unwrap
+from img2img.tasks.pool import ImagePool
 
 
 class CycleGANModel(StrictModel):

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from img2img.config.domains import split_direction
 from img2img.errors import did_you_mean
 
 DISTRIBUTION_METRICS = ("kid", "fid")
@@ -25,6 +26,18 @@ HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
 WEIGHT_FREE_EXTRACTOR = "random_conv"
 FID_EXTRACTOR = "inception_v3"
 _MIN_SSIM_SIDE = 11  # the 11-tap Gaussian window of SSIM
+
+
+def default_directions(task_cls: Any, pipeline: Any) -> tuple[str, ...]:
+    """a2b for a task of two domains (when it translates a2b); every direction for one of more."""
+    directions = tuple(task_cls.directions_for(pipeline)) if pipeline is not None else tuple(task_cls.directions)
+    if pipeline is not None and len(task_cls.domains_for(pipeline)) > 2:
+        return directions
+    return ("a2b",) if "a2b" in directions else ()
+
+
+def _many_domains(task_cls: Any, pipeline: Any) -> bool:
+    return pipeline is not None and len(task_cls.domains_for(pipeline)) > 2
 
 
 @dataclass
@@ -40,14 +53,17 @@ class ValImages:
     paired: bool = False
     names_a: list[str] = field(default_factory=list)
     names_b: list[str] = field(default_factory=list)
+    domains: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    """Unpaired: the images of every ``data.val.<domain>`` folder by domain (``a`` and ``b`` too)."""
 
 
-def default_metrics(task_cls: Any) -> tuple[str, ...]:
+def default_metrics(task_cls: Any, pipeline: Any = None) -> tuple[str, ...]:
     if task_cls.data_kind == "paired":
         return ("l1", "psnr", "ssim", "kid", "fid")
-    if "b2a" in task_cls.directions and "a2b" in task_cls.directions:
+    directions = task_cls.directions_for(pipeline) if pipeline is not None else task_cls.directions
+    if "b2a" in directions and "a2b" in directions and not _many_domains(task_cls, pipeline):
         return ("cycle_l1", "kid", "fid")
-    if "a2b" in task_cls.directions:
+    if default_directions(task_cls, pipeline):
         return ("kid", "fid")
     return ()
 
@@ -85,6 +101,11 @@ def check_pipeline(task_cls: Any, pipeline: Any) -> list[tuple[str, str]]:
     if val is not None and not offered:
         problems.append(("data.val", f"the {task} task scores no validation; remove data.val"))
     metric = metric if metric in offered else (offered[0] if offered else None)
+    if val is not None and val.pairs is None and metric in DISTRIBUTION_METRICS and _many_domains(task_cls, pipeline):
+        for source in dict.fromkeys(split_direction(d)[0] for d in task_cls.val_directions(pipeline)):
+            if val.folder(source) is None:
+                problems.append((f"data.val.{source}", f"required for {metric} validation of {task}: it translates "
+                                                       f"data.val.{source} into every other domain"))
     if (val is not None and task_cls.data_kind == "paired" and val.b is None and val.pairs is None
             and metric not in DISTRIBUTION_METRICS):
         problems.append(("data.val.b", f"required for {metric} validation of {task}: the targets of data.val.a, "
@@ -115,7 +136,7 @@ def check_setup(task_cls: Any, pipeline: Any, registry: Any = None) -> list[tupl
                                             f"{metric}{which}; set train.val_metric to kid or fid, or remove "
                                             "train.val_extractor")]
         return []
-    if "a2b" not in task_cls.directions:
+    if not task_cls.val_directions(pipeline):
         return [("train.val_metric", f"{metric} scores data.val.a translated a2b, which the {task} task does not "
                                      "translate")]
     registry = registry or get_registry()
@@ -197,7 +218,7 @@ def default_scores(task: Any, translators: dict[str, nn.Module], val: ValImages)
     if val.paired:
         for x, target in batches(val.a, val.b):
             add(paired_image_scores(_to_unit(translators["a2b"](x.to(device))), _to_unit(target)))
-    elif "a2b" in translators and "b2a" in translators:
+    elif "a2b" in translators and "b2a" in translators and not _many_domains(type(task), task.pipeline):
         for images, there, back in ((val.a, "a2b", "b2a"), (val.b, "b2a", "a2b")):
             for (x,) in batches(images):
                 rec = translators[back](translators[there](x.to(device)))

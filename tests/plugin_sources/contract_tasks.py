@@ -3,9 +3,13 @@
 - ``painter``: one direction, its own net names (brush, critic) and optimiser names;
 - ``unit``: each translator composed of two networks, decoder_b(encoder_a(x));
 - ``keeper``: keeps references to its networks in attributes, as many recipes do;
-- ``stale``: keeps a reference taken before the engine set the network up (refused).
+- ``stale``: keeps a reference taken before the engine set the network up (refused);
+- ``trio``: three domains as img2img 0.2 allowed them: the engine loads a and b, the task's own
+  section ``third.folder`` holds domain c, which the task reads and crops itself; six directions;
+- ``triad``: the same recipe with ``domains = ("a", "b", "c")``: the engine loads all three.
 """
 import os
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -244,9 +248,104 @@ class Unit(Task):
         return [batch["a"], translators["a2b"](batch["a"]), batch["b"], translators["b2a"](batch["b"])]
 
 
+# -- three domains, the third loaded by the task itself (img2img 0.2) ------------------------------
+
+
+class TrioThird(StrictModel):
+    folder: Path
+    """The images of domain c (read by the task, not the engine)."""
+
+
+class TrioPipeline(PipelineBase):
+    task: Literal["trio"] = "trio"
+    model: UnitModel = Field(default_factory=UnitModel)
+    third: TrioThird
+
+
+class Trio(Task):
+    """Encoders and decoders per domain a, b, c; x2y is decoder_y(encoder_x(image))."""
+
+    name = "trio"
+    Pipeline = TrioPipeline
+    data_kind = "unpaired"
+    directions = ("a2b", "b2a", "a2c", "c2a", "b2c", "c2b")
+
+    def build(self):
+        from img2img.data import list_images, read_image, to_tensor
+
+        p = self.pipeline
+        ch = {d: p.data.channels.of(d) for d in "abc"}
+        for d in "abc":
+            self.nets[f"enc_{d}"] = Encoder(ch[d], p.model.width)
+            self.nets[f"dec_{d}"] = Decoder(p.model.width, ch[d])
+        self.nets["d_c"] = self.build_net("discriminator", p.model.discriminator, in_channels=ch["c"])
+        self.optimizers["gen"] = self.adam([q for k in ("enc_a", "enc_b", "enc_c", "dec_a", "dec_b", "dec_c")
+                                            for q in self.nets[k].parameters()], "g")
+        self.optimizers["disc"] = self.adam(self.nets["d_c"].parameters(), "d")
+        self.gan = self.build_loss({"name": "lsgan"})
+        self.l1 = self.build_loss({"name": "l1"})
+        self.c_next = 0
+        if "c" not in self.domains:
+            self.c_images = [to_tensor(read_image(f, 3))[:, :32, :32]
+                             for f in list_images(p.third.folder, "third.folder")]
+
+    def translator(self, direction):
+        src, _, dst = direction.partition("2")
+        return Composed(self.nets[f"enc_{src}"], self.nets[f"dec_{dst}"])
+
+    def build_translator(self, direction):
+        width = self.pipeline.model.width
+        cin, cout = self.channels(direction)
+        return Composed(Encoder(cin, width), Decoder(width, cout)).to(self.device)
+
+    def extra_state(self):
+        return {"c_next": self.c_next}
+
+    def load_extra_state(self, state):
+        self.c_next = state["c_next"]
+
+    def train_step(self, batch):
+        batch = self.to_device(batch)
+        a, b = batch["a"], batch["b"]
+        if "c" in batch:
+            c = batch["c"]
+        else:
+            c = torch.stack([self.c_images[(self.c_next + i) % len(self.c_images)]
+                             for i in range(len(a))]).to(self.device)
+            self.c_next += len(a)
+        n = self.nets
+        fake_c = self.translator("a2c")(a)
+        loss_d = self.gan.d_loss(n["d_c"](c), n["d_c"](fake_c.detach()))
+        self.optimise(loss_d, self.optimizers["disc"])
+        set_requires_grad([n["d_c"]], False)
+        adv = self.gan.g_loss(unwrap(n["d_c"])(fake_c))
+        rec = sum(self.l1(n[f"dec_{d}"](n[f"enc_{d}"](x)), x) for d, x in (("a", a), ("b", b), ("c", c)))
+        cross = self.l1(self.translator("b2c")(b), self.translator("a2c")(a).detach())
+        self.optimise(adv + 10 * rec + cross, self.optimizers["gen"])
+        set_requires_grad([n["d_c"]], True)
+        return {"d": loss_d.detach(), "adv": adv.detach(), "rec": rec.detach()}
+
+    def sample_columns(self, batch, translators):
+        batch = self.to_device(batch)
+        return [batch["a"], translators["a2b"](batch["a"]), translators["a2c"](batch["a"])]
+
+
+class TriadPipeline(PipelineBase):
+    task: Literal["triad"] = "triad"
+    model: UnitModel = Field(default_factory=UnitModel)
+
+
+class Triad(Trio):
+    """Trio written for data.domains: the engine loads, crops and seeds domain c with a and b."""
+
+    name = "triad"
+    Pipeline = TriadPipeline
+    domains = ("a", "b", "c")
+
+
 @hookimpl
 def register_tasks(register):
-    for task in (Painter, StepDecayPainter, Keeper, Stale, Unit):
+    for task in (Painter, StepDecayPainter, Keeper, Stale, Unit, Trio, Triad):
         register(task.name, task)
 
 

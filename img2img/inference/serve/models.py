@@ -157,7 +157,13 @@ def _checkpoint_info(path: Path, use_ema: bool) -> tuple[dict[str, Any], list[st
     registry = get_registry()
     if not registry.has("task", task):
         raise Img2ImgError(f"{ckpt['path']} was trained with the task {task!r}, which no installed plugin provides")
-    directions = list(registry.get("task", task).factory.directions)
+    task_cls = registry.get("task", task).factory
+    try:
+        from img2img.config import pipeline_from_dict
+
+        directions = list(task_cls.directions_for(pipeline_from_dict(pipeline)))
+    except Img2ImgError:  # a damaged stored pipeline: loading the translator says what is wrong
+        directions = list(task_cls.directions)
     stored = ckpt.get("ema") if isinstance(ckpt.get("ema"), dict) else {}
     ema = {d: bool(use_ema and isinstance(stored.get(d), dict) and stored.get(d)) for d in directions}
     generator = ((pipeline.get("model") or {}).get("generator") or {}).get("name")

@@ -52,7 +52,8 @@ COMPONENTS = {
     "parameters": {
         "name": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
                  "description": "the model's name (GET /v1/models)"},
-        "direction": _query("direction", {"type": "string"}, "a2b or b2a; default: the model's first direction"),
+        "direction": _query("direction", {"type": "string"}, "<from>2<to>, one of the model's directions (GET /v1/models lists them: a2b, b2a, a2c, ...); "
+                        "default: the model's first direction"),
         "format": _query("format", {"type": "string", "enum": ["png", "jpg", "webp", "tif", "bmp"]},
                          "the answer's format; default: the upload's own"),
         "tile": _query("tile", {"type": "integer", "minimum": 16, "maximum": MAX_TILE},

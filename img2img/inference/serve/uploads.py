@@ -93,8 +93,9 @@ def parse_options(values: Mapping[str, str], model: ServedModel, defaults: TileO
                            field=name)
     direction = values.get("direction") or model.default_direction
     if direction not in model.directions:
+        hint = did_you_mean(direction, model.directions)
         raise ApiError(400, "unknown_direction", f"direction={direction!r}: model '{model.name}' translates "
-                       f"{' and '.join(model.directions)}", field="direction")
+                       f"{', '.join(model.directions)}" + (f"; {hint}" if hint else ""), field="direction")
     fmt = values.get("format")
     if fmt is not None:
         key = fmt.strip().lower().lstrip(".")

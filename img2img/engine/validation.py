@@ -146,14 +146,22 @@ class Validator:
             trainer.best = None
         return v
 
+    def _build_extractor(self, task_cls) -> dict:
+        """The kid/fid extractor on the training device and the protocol that feeds it; returns its reference."""
+        from img2img.evaluation import distribution as dist
+
+        p = self.trainer.pipeline
+        ref = extractor_ref(task_cls, p, self.metric)
+        self.extractor_name = ref["name"]
+        self.extractor = dist.build_extractor(ref).to(self.trainer.device)
+        self.protocol = getattr(p.train, "val_protocol", None) or dist.default_protocol(self.extractor)
+        return ref
+
     def _prepare_distribution(self, task_cls) -> None:
         from img2img.evaluation import distribution as dist
 
         trainer, p = self.trainer, self.trainer.pipeline
-        ref = extractor_ref(task_cls, p, self.metric)
-        self.extractor_name = ref["name"]
-        self.extractor = dist.build_extractor(ref).to(trainer.device)
-        self.protocol = getattr(p.train, "val_protocol", None) or dist.default_protocol(self.extractor)
+        ref = self._build_extractor(task_cls)
         size = dist.input_size(self.extractor)
         files, reader, where = reference_files(p, task_cls.data_kind == "paired")
         if len(self.images.a) < 2 or len(files) < 2:
@@ -181,10 +189,7 @@ class Validator:
         from img2img.evaluation import distribution as dist
 
         trainer, p = self.trainer, self.trainer.pipeline
-        ref = extractor_ref(task_cls, p, self.metric)
-        self.extractor_name = ref["name"]
-        self.extractor = dist.build_extractor(ref).to(trainer.device)
-        self.protocol = getattr(p.train, "val_protocol", None) or dist.default_protocol(self.extractor)
+        ref = self._build_extractor(task_cls)
         size = dist.input_size(self.extractor)
         start = time.perf_counter()
         by_domain: dict[str, np.ndarray] = {}

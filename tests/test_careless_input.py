@@ -42,7 +42,10 @@ def test_sigterm_during_translate_says_what_was_written_and_a_rerun_continues(tr
     args = ["translate", str(tmp_path / "in"), "--model", str(translate_run), "--out", str(out), "--device", "cpu"]
     proc = cli_process(*args)
     deadline = time.monotonic() + 240
-    while not (out.is_dir() and any(out.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+    def whole_files() -> bool:  # an output renamed into place, not a hidden temporary file being written
+        return out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())
+
+    while not whole_files() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)

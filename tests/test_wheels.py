@@ -76,7 +76,8 @@ def venv(tmp_path_factory) -> tuple[Path, Path]:
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
           *map(str, projects)], cwd=root)
     wheels = sorted(dist.glob("*.whl"))
-    assert {w.name.split("-")[0] for w in wheels} == {"img2img_pipeline", "img2img_cut", "img2img_template"}
+    assert {w.name.split("-")[0] for w in wheels} == {"img2img_pipeline", "img2img_cut", "img2img_pix2pixhd",
+                                                       "img2img_stargan", "img2img_template"}
     env_dir = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], cwd=root)
     python = env_dir / "bin" / "python"

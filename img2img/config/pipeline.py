@@ -234,7 +234,14 @@ def _resolve_paths(pipeline: PipelineBase, base_dir: Path) -> None:
             extra[name] = resolve(Path(extra[name]))
     for name in type(pipeline).model_fields:
         if name != "data":
-            setattr(pipeline, name, _resolve_own_paths(getattr(pipeline, name), resolve))
+            _set_if_changed(pipeline, name, _resolve_own_paths(getattr(pipeline, name), resolve))
+
+
+def _set_if_changed(model: BaseModel, name: str, value: Any) -> None:
+    """Assign only a changed value: an assignment marks the field as given (``model_fields_set``), and a
+    field left out must stay left out (``val_every`` left out means its default, given as null: off)."""
+    if value != getattr(model, name):
+        setattr(model, name, value)
 
 
 def _resolve_own_paths(value: Any, resolve) -> Any:
@@ -243,7 +250,7 @@ def _resolve_own_paths(value: Any, resolve) -> Any:
         return resolve(value)
     if isinstance(value, BaseModel):
         for name in type(value).model_fields:
-            setattr(value, name, _resolve_own_paths(getattr(value, name), resolve))
+            _set_if_changed(value, name, _resolve_own_paths(getattr(value, name), resolve))
         return value
     if isinstance(value, list):
         return [_resolve_own_paths(v, resolve) for v in value]

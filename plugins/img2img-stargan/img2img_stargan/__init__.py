@@ -12,17 +12,28 @@ from pathlib import Path
 
 from img2img import hookimpl
 
-from img2img_stargan.networks import DomainConditioned, StarGANDiscriminator, StarGANGenerator
-from img2img_stargan.task import StarGAN, StarGANPipeline
-
 __version__ = "0.2.0"
 
 __all__ = ["DomainConditioned", "StarGAN", "StarGANDiscriminator", "StarGANGenerator", "StarGANPipeline",
            "__version__"]
 
+_LAZY = {"DomainConditioned": "networks", "StarGANDiscriminator": "networks", "StarGANGenerator": "networks",
+         "StarGAN": "task", "StarGANPipeline": "task"}
+
+
+def __getattr__(name: str):
+    """The task and networks load torch; they are imported when used, so that listing pipelines does not."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"img2img_stargan.{_LAZY[name]}"), name)
+    raise AttributeError(name)
+
 
 @hookimpl
 def register_tasks(register):
+    from img2img_stargan.task import StarGAN
+
     register("stargan", StarGAN)
 
 

@@ -316,7 +316,7 @@ def test_every_generator_compiles_in_openvino_and_agrees_at_an_odd_size(name):
     import torch
 
     from img2img.inference.openvino import OpenVinoBackend, _convert_module
-    from img2img.inference.tiling import SizeAdapter
+    from img2img.inference.padding import SizeAdapter
 
     torch.manual_seed(0)
     fields = get_registry().get("generator", name).params.model_fields

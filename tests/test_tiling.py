@@ -7,9 +7,9 @@ from torch import nn
 
 from img2img.default_plugins.resnet import resnet_6blocks
 from img2img.errors import Img2ImgError
-from img2img.inference.tiling import (AUTO_OVERLAP, AUTO_TILE, InstanceNormStats, SizeAdapter, _axis_weights, blend_weights,
-                            check_tiling, effective_tile, pad_to_multiple, ramp, tile_plan, tile_spans,
-                            translate_tiled)
+from img2img.inference.padding import SizeAdapter, pad_to_multiple
+from img2img.inference.tiling import (AUTO_OVERLAP, AUTO_TILE, InstanceNormStats, _axis_weights, blend_weights,
+                                      check_tiling, effective_tile, ramp, tile_plan, tile_spans, translate_tiled)
 
 
 def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0) -> torch.Tensor:

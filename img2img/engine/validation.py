@@ -25,7 +25,7 @@ from torch import nn
 
 from img2img.engine import checkpoint as ckpt_io
 from img2img.errors import Img2ImgError
-from img2img.inference.tiling import SizeAdapter
+from img2img.inference.padding import SizeAdapter
 from img2img.tasks.validation import DISTRIBUTION_METRICS, ValImages, effective_metric, extractor_ref
 
 BATCH = 16

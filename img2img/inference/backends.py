@@ -19,7 +19,8 @@ from img2img import precision as precisions
 from img2img.devices import select_device
 from img2img.engine.checkpoint import LoadedGenerator
 from img2img.errors import Img2ImgError, first_line
-from img2img.inference.tiling import InstanceNormStats, SizeAdapter, choose_tile_norm
+from img2img.inference.padding import SizeAdapter
+from img2img.inference.tiling import InstanceNormStats, choose_tile_norm
 
 
 def import_onnxruntime():

@@ -21,7 +21,7 @@ import torch
 from img2img import precision as precisions
 from img2img.engine.checkpoint import LoadedGenerator
 from img2img.errors import Img2ImgError, first_line
-from img2img.inference.tiling import pad_to_multiple
+from img2img.inference.padding import pad_to_multiple
 
 INSTALL_HINT = "pip install 'img2img-pipeline[openvino]' (or: pip install openvino)"
 PRECISIONS = ("fp32", "bf16")

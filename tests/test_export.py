@@ -12,7 +12,7 @@ from rich.console import Console
 from torch import nn
 from typer.testing import CliRunner
 
-from img2img.inference import export as export_module
+from img2img.inference import onnx_graph
 from img2img.engine.checkpoint import load_generator
 from img2img.cli import app
 from cli_support import user_error
@@ -117,7 +117,7 @@ def test_half_export_keeps_float32_io_and_stores_float16_weights(translate_run, 
     x = torch.rand(2, 3, 37, 53, generator=torch.Generator().manual_seed(4)) * 2 - 1
     got = session(path).run(["translated"], {"image": x.numpy()})[0]
     assert got.dtype == np.float32
-    assert np.abs(got - torch_reference(translate_run, x)).max() < export_module.PARITY_FP16
+    assert np.abs(got - torch_reference(translate_run, x)).max() < onnx_graph.PARITY_FP16
     Translator.from_onnx(path, precision="fp16")  # a half file accepts --precision fp16
 
 
@@ -139,7 +139,7 @@ def test_unet_with_a_multiple_larger_than_the_image_exports_and_runs_at_20px(tmp
 # -- failures and large files --------------------------------------------------------------------
 
 def test_failed_parity_is_an_error_and_leaves_no_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(export_module, "PARITY_FP32", -1.0)
+    monkeypatch.setattr(onnx_graph, "PARITY_FP32", -1.0)
     with pytest.raises(Img2ImgError, match=r"max abs difference .* exceeds -1; the file was not written"):
         export_generator(TinyNet(), tmp_path / "g.onnx", in_channels=3, out_channels=3, size_multiple=1,
                          console=quiet())
@@ -147,7 +147,7 @@ def test_failed_parity_is_an_error_and_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_large_weights_go_to_an_external_data_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(onnx_graph, "EXTERNAL_DATA_BYTES", 0)
     path = export_generator(TinyNet(), tmp_path / "g.onnx", in_channels=3, out_channels=3, size_multiple=1,
                             console=quiet())
     assert sorted(os.listdir(tmp_path)) == ["g.onnx", "g.onnx.data"]

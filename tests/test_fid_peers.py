@@ -24,7 +24,8 @@ import torch
 from img2img.default_plugins.extractors import PYTORCH_FID, fid_inception_net
 from img2img.errors import Img2ImgError
 from img2img.evaluation import distribution as dist
-from img2img.evaluation.metrics import evaluate_folders, folder_features
+from img2img.evaluation.folder_stats import folder_features
+from img2img.evaluation.metrics import evaluate_folders
 from img2img.testing import write_images
 
 pytest.importorskip("pytorch_fid")
@@ -169,7 +170,7 @@ def test_reference_statistics_mistakes_are_named(judges, tmp_path):
         evaluate_folders(judges.pred, None, ["fid"], extractor=ref, ref_stats=tmp_path / "other.npz")
     with pytest.raises(Img2ImgError, match="not both"):
         evaluate_folders(judges.pred, judges.target, ["fid"], extractor=ref, ref_stats=stats)
-    from img2img.evaluation.metrics import save_folder_stats
+    from img2img.evaluation.folder_stats import save_folder_stats
 
     with pytest.raises(Img2ImgError, match="never writes into an input folder"):
         save_folder_stats(judges.pred, judges.pred / "s.npz", extractor=ref)

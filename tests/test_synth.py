@@ -223,7 +223,8 @@ def test_extraction_merges_into_existing_folders(tmp_path):
 
 def test_shapes3_writes_three_domains_that_data_domains_can_name(tmp_path):
     from img2img.config import DataConfig
-    from img2img.datasets.synth import synthesize, synthesize_problems, synthetic_dataset
+    from img2img.datasets.synth import synthesize, synthetic_dataset
+    from img2img.datasets.synth_checks import synthesize_problems
 
     out = synthesize("shapes3", tmp_path / "s3", count=2)
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", "testA", "testB", "testC",

@@ -297,7 +297,7 @@ def test_data_synthesize_is_checked_by_validate(tiny_cyclegan, tiny_pix2pix, tmp
 def test_synthesize_problems_without_the_cli():
     from types import SimpleNamespace
 
-    from img2img.datasets.synth import synthesize_problems
+    from img2img.datasets.synth_checks import synthesize_problems
 
     data = SimpleNamespace(synthesize="outlines", pairs=Path("x/train"), a=None, b=None)
     assert synthesize_problems(data, "paired", "pix2pix") == [

@@ -111,15 +111,15 @@ def _save_stats(folder: Optional[Path], extra: Optional[Path], out: Path, extrac
     import json
 
     from img2img.evaluation import distribution as dist
-    from img2img.evaluation import metrics as m
+    from img2img.evaluation.folder_stats import save_folder_stats
 
     if folder is None:
         raise usage_error("Missing argument PRED_DIR: the folder whose statistics --save-stats writes")
     if extra is not None:
         raise usage_error(f"--save-stats writes the statistics of one folder; drop {extra}", "--save-stats")
-    info = m.save_folder_stats(folder, out, extractor=extractor, feature_weights=weights,
-                               protocol=protocol.value if protocol else None, channels=channels,
-                               batch_size=batch_size, device=device)
+    info = save_folder_stats(folder, out, extractor=extractor, feature_weights=weights,
+                             protocol=protocol.value if protocol else None, channels=channels,
+                             batch_size=batch_size, device=device)
     if as_json:
         print(json.dumps(info, indent=2))
         return

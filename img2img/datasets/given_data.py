@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from img2img.datasets.synth import DEMO_FOLDERS, SYNTH_DATASETS
+from img2img.datasets.synth import SYNTH_DATASETS
+from img2img.datasets.synth_checks import DEMO_FOLDERS
 
 
 def use_given_data(data) -> str | None:

@@ -131,7 +131,8 @@ def _ensure_synth(pipeline: PipelineBase, console: Console) -> None:
     name = pipeline.data.synthesize
     if not name:
         return
-    from img2img.datasets.synth import ensure_synth, synthesize_problems
+    from img2img.datasets.synth import ensure_synth
+    from img2img.datasets.synth_checks import synthesize_problems
     from img2img.registry import get_registry
 
     data_kind = get_registry().get("task", pipeline.task).factory.data_kind

@@ -39,7 +39,7 @@ def run_generator(gen: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def check_ready(pipeline, source: str | None = None) -> None:
     """Raise a `PipelineError` for what would stop a training here: ``data.synthesize`` that would not make
     the data the pipeline reads, and the task's `validate_setup` (validation extractor, weights)."""
-    from img2img.datasets.synth import synthesize_problems
+    from img2img.datasets.synth_checks import synthesize_problems
     from img2img.registry import get_registry
 
     task_cls = get_registry().get("task", pipeline.task).factory

@@ -140,7 +140,7 @@ def export_int8(generator: Any, out: Path, *, calibrate: Path, in_channels: int,
     """Export `generator` as a statically quantised int8 ONNX file calibrated on the images in `calibrate`."""
     import onnx
 
-    from img2img.inference.export import export_generator
+    from img2img.inference.onnx_graph import export_generator
 
     console = console or Console()
     out = Path(out)

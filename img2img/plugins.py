@@ -373,3 +373,14 @@ def reset() -> None:
     _state.infos.clear()
     _state.skipped.clear()
     _state.generation += 1
+
+
+def lazy_exports(package: str, where: dict[str, str]):
+    """A plugin package's module ``__getattr__``: each name in `where` is imported from its submodule
+    (``where[name]``) on first use, so that listing the plugin's pipelines or commands imports no torch."""
+    def __getattr__(name: str):
+        if name in where:
+            return getattr(importlib.import_module(f"{package}.{where[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -8,6 +8,7 @@ Installed, it is found through the entry-point group ``img2img`` like any third-
 from pathlib import Path
 
 from img2img import hookimpl
+from img2img.plugins import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -20,13 +21,7 @@ _LAZY = {"PatchNCELoss": "patchnce", "ProjectionHeads": "patchnce", "patchnce": 
          "RESNET_NCE_LAYERS": "task"}
 
 
-def __getattr__(name: str):
-    """The task and loss load torch; they are imported when used, so that listing pipelines does not."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"img2img_cut.{_LAZY[name]}"), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports("img2img_cut", _LAZY)  # the networks load torch: imported when used
 
 
 @hookimpl

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from img2img import hookimpl
+from img2img.plugins import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -27,13 +28,7 @@ _LAZY = {"GlobalGenerator": "networks", "LocalEnhancer": "networks", "Multiscale
          "multiscale": "components", "vgg19_perceptual": "components"}
 
 
-def __getattr__(name: str):
-    """The networks load torch; they are imported when used, so that listing pipelines does not."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"img2img_pix2pixhd.{_LAZY[name]}"), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports("img2img_pix2pixhd", _LAZY)  # the networks load torch: imported when used
 
 
 @hookimpl

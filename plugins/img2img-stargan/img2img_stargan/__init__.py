@@ -11,6 +11,7 @@ Installed, it is found through the entry-point group ``img2img`` like any third-
 from pathlib import Path
 
 from img2img import hookimpl
+from img2img.plugins import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -21,13 +22,7 @@ _LAZY = {"DomainConditioned": "networks", "StarGANDiscriminator": "networks", "S
          "StarGAN": "task", "StarGANPipeline": "task"}
 
 
-def __getattr__(name: str):
-    """The task and networks load torch; they are imported when used, so that listing pipelines does not."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"img2img_stargan.{_LAZY[name]}"), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports("img2img_stargan", _LAZY)  # the networks load torch: imported when used
 
 
 @hookimpl
